@@ -1,0 +1,1 @@
+"""virel_ppl: reinforcement learning as probabilistic inference in Pyro."""
