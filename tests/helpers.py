@@ -1,0 +1,19 @@
+"""Small known-answer problems shared by the tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class QuadraticQ(nn.Module):
+    """Q(s, a) = w · (−Σ_i (a_i − c_i)²) + s·u: a critic with a known maximiser c, and parameters to freeze."""
+
+    def __init__(self, center: list[float], weight: float = 1.0, obs_dim: int = 3) -> None:
+        super().__init__()
+        self.center = nn.Parameter(torch.tensor(center))
+        self.weight = nn.Parameter(torch.tensor(weight))
+        self.u = nn.Parameter(torch.linspace(-0.5, 0.5, obs_dim))
+
+    def q(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return -self.weight * (actions - self.center).pow(2).sum(-1) + states @ self.u

@@ -1,0 +1,145 @@
+"""The trainer: config validation, clear errors, exact resume after Ctrl-C, the CLI, and a short learning run."""
+
+import os
+import signal
+from dataclasses import replace
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from virel_ppl.cli import main
+from virel_ppl.config import Config
+from virel_ppl.logger import read_csv
+from virel_ppl.train import Trainer, train
+
+TINY = dict(
+    hidden=(32, 32),
+    batch_size=32,
+    warmup_steps=100,
+    eval_every=200,
+    eval_episodes=2,
+    log_every=50,
+    checkpoint_every=10_000,
+    progress=False,
+    tensorboard=False,
+    threads=1,
+)
+
+
+class NaNRewardEnv(gym.Env):
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(2, np.float32), float("nan"), False, False, {}
+
+
+gym.register("NaNReward-v0", entry_point=NaNRewardEnv, max_episode_steps=50)
+
+
+@pytest.mark.parametrize(
+    "overrides, error, match",
+    [
+        (dict(env="HalfCheetah-v9"), ValueError, "Did you mean HalfCheetah-v5"),
+        (dict(env="CartPole-v1"), TypeError, "continuous Box"),
+        (dict(total_steps=0), ValueError, "--total-steps must be a positive integer"),
+        (dict(warmup_steps=-5), ValueError, "--warmup-steps"),
+        (dict(batch_size=512, buffer_size=100), ValueError, "larger than --buffer-size"),
+        (dict(algo="virl"), ValueError, "Unknown algo 'virl'.*Did you mean virel"),
+        (dict(guide="tanh"), ValueError, "Unknown guide"),
+        (dict(elbo="nope"), ValueError, "Unknown elbo"),
+        (dict(gamma=1.0), ValueError, "--gamma"),
+        (dict(alpha=0.0), ValueError, "--alpha must be > 0"),
+    ],
+)
+def test_bad_config_is_rejected_before_training(tmp_path, overrides, error, match):
+    with pytest.raises(error, match=match):
+        Trainer(replace(Config(**TINY), run_dir=tmp_path, **overrides))
+
+
+def test_nan_reward_stops_with_a_clear_error(tmp_path):
+    cfg = Config(env="NaNReward-v0", total_steps=10, run_dir=tmp_path, **TINY)
+    with pytest.raises(ValueError, match="non-finite reward"):
+        train(cfg)
+
+
+def _interrupt_at(step):
+    def hook(trainer, s):
+        if s == step:
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does
+
+    return hook
+
+
+def test_resume_after_ctrl_c_matches_an_uninterrupted_run(tmp_path):
+    cfg = Config(env="InvertedPendulum-v5", total_steps=450, seed=3, **TINY)
+    straight = train(replace(cfg, run_dir=tmp_path / "straight"))
+    stopped = train(replace(cfg, run_dir=tmp_path / "resumed"), hooks=[_interrupt_at(275)])
+    assert stopped.interrupted and stopped.steps == 275
+    resumed = train(resume=tmp_path / "resumed")
+    assert not resumed.interrupted and resumed.steps == 450
+
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    for part in ("policy", "critic"):
+        for k, v in a["agent"][part].items():
+            assert torch.equal(v, b["agent"][part][k]), (part, k)
+    for k in ("obs", "actions", "rewards", "next_obs", "terminated"):
+        assert torch.equal(a["replay"][k], b["replay"][k]), k
+    assert np.array_equal(a["obs"], b["obs"]) and a["episodes"] == b["episodes"]
+    for stream in ("eval", "train", "episodes"):
+        assert read_csv(tmp_path / "straight" / f"{stream}.csv") == read_csv(tmp_path / "resumed" / f"{stream}.csv")
+
+
+def test_same_seed_same_run_and_different_seed_different_run(tmp_path):
+    cfg = Config(env="Pendulum-v1", total_steps=250, **TINY)
+    r1 = train(replace(cfg, run_dir=tmp_path / "a"))
+    r2 = train(replace(cfg, run_dir=tmp_path / "b"))
+    r3 = train(replace(cfg, run_dir=tmp_path / "c", seed=1))
+    assert read_csv(r1.run_dir / "train.csv") == read_csv(r2.run_dir / "train.csv")
+    assert read_csv(r1.run_dir / "train.csv") != read_csv(r3.run_dir / "train.csv")
+
+
+def test_cli_train_then_evaluate(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    args = ["train", "--env", "Pendulum-v1", "--total-steps", "300", "--run-dir", str(run_dir)]
+    args += ["--hidden", "32", "32", "--batch-size", "32", "--warmup-steps", "100", "--eval-every", "150"]
+    args += ["--eval-episodes", "2", "--no-progress", "--no-tensorboard"]
+    main(args)
+    out = capsys.readouterr().out
+    assert "finished after 300 steps" in out and "learning_curve.png" in out
+    for name in ("config.json", "train.csv", "eval.csv", "episodes.csv", "learning_curve.png", "checkpoint.pt"):
+        assert (run_dir / name).exists(), name
+    assert [row for row in read_csv(run_dir / "eval.csv")["step"]] == [150.0, 300.0]
+    main(["evaluate", str(run_dir), "--episodes", "2"])
+    assert "Pendulum-v1 (virel): return" in capsys.readouterr().out
+    # resume with a larger budget continues the same run directory
+    main(["train", "--resume", str(run_dir), "--total-steps", "450", "--no-progress"])
+    assert read_csv(run_dir / "eval.csv")["step"] == [150.0, 300.0, 450.0]
+
+
+@pytest.mark.slow
+def test_short_run_learns_inverted_pendulum(tmp_path):
+    """Return rises well above a random policy (≈ 5-10) within a few thousand steps."""
+    cfg = Config(
+        env="InvertedPendulum-v5",
+        total_steps=5000,
+        warmup_steps=500,
+        hidden=(64, 64),
+        batch_size=128,
+        eval_every=1000,
+        eval_episodes=3,
+        progress=False,
+        tensorboard=False,
+        run_dir=tmp_path,
+    )
+    result = train(cfg)
+    returns = read_csv(tmp_path / "eval.csv")["return_mean"]
+    print("eval returns:", returns)
+    assert result.best_eval_return > 200 and returns[-1] > 5 * returns[0]

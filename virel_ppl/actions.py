@@ -1,0 +1,165 @@
+"""Action boxes and the distributions that live on them.
+
+Every continuous action in virel_ppl lives on a Gymnasium ``Box`` ``[low, high]``. Policies work on the
+unit box ``[-1, 1]``; :class:`ActionBox` is the one place that maps between the two.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyro.distributions as dist
+import torch
+from gymnasium import spaces
+from pyro.distributions import constraints
+from torch.distributions.transforms import AffineTransform, TanhTransform
+
+# Keep tanh pre-images finite: atanh(1 - 1e-6) ≈ 7.25 in float32.
+_UNIT_EDGE = 1e-6
+
+
+class ActionBox:
+    """A bounded action box ``[low, high]`` and its affine map to and from the unit box ``[-1, 1]``.
+
+    Args:
+        low: lower bounds, shape ``(action_dim,)``.
+        high: upper bounds, same shape; every entry must be finite and ``> low``.
+        device: where the bound tensors live.
+    """
+
+    def __init__(
+        self,
+        low: np.ndarray | torch.Tensor | list[float],
+        high: np.ndarray | torch.Tensor | list[float],
+        device: torch.device | str = "cpu",
+    ) -> None:
+        low_t = torch.as_tensor(np.asarray(low, dtype=np.float32), device=device).reshape(-1)
+        high_t = torch.as_tensor(np.asarray(high, dtype=np.float32), device=device).reshape(-1)
+        if low_t.shape != high_t.shape:
+            raise ValueError(f"ActionBox: low has shape {tuple(low_t.shape)} but high {tuple(high_t.shape)}.")
+        if not (torch.isfinite(low_t).all() and torch.isfinite(high_t).all()):
+            raise ValueError(
+                f"ActionBox: the action space must be bounded, got low={low_t.tolist()}, high={high_t.tolist()}. "
+                "VIREL's prior is uniform on the box; wrap the env with gymnasium.wrappers.ClipAction "
+                "or RescaleAction to give it finite bounds."
+            )
+        if not (high_t > low_t).all():
+            raise ValueError(
+                f"ActionBox: need high > low everywhere, got low={low_t.tolist()}, high={high_t.tolist()}."
+            )
+        self.low, self.high = low_t, high_t
+        self.center = (high_t + low_t) / 2
+        self.half_range = (high_t - low_t) / 2
+
+    @classmethod
+    def from_space(cls, space: spaces.Space, device: torch.device | str = "cpu") -> ActionBox:
+        """Build the box of a Gymnasium space; raises ``TypeError`` unless it is a 1-D ``Box``."""
+        if not isinstance(space, spaces.Box):
+            raise TypeError(
+                f"virel_ppl needs a continuous Box action space, got {space!r}. "
+                "For Discrete actions use the CategoricalGuide (--guide categorical)."
+            )
+        if len(space.shape) != 1:
+            raise ValueError(f"Expected a flat Box action space (action_dim,), got shape {space.shape}.")
+        return cls(space.low, space.high, device=device)
+
+    @property
+    def dim(self) -> int:
+        return int(self.low.shape[0])
+
+    @property
+    def log_volume(self) -> torch.Tensor:
+        """``log |box|``: minus the log-density of the uniform prior."""
+        return torch.log(self.high - self.low).sum()
+
+    def to(self, device: torch.device | str) -> ActionBox:
+        return ActionBox(self.low.cpu(), self.high.cpu(), device=device)
+
+    def to_unit(self, action: torch.Tensor) -> torch.Tensor:
+        """Map actions on ``[low, high]`` to ``[-1, 1]``."""
+        return (action - self.center) / self.half_range
+
+    def from_unit(self, unit: torch.Tensor) -> torch.Tensor:
+        """Map ``[-1, 1]`` to ``[low, high]``."""
+        return self.center + self.half_range * unit
+
+    def clip(self, action: torch.Tensor) -> torch.Tensor:
+        """Clip to the box, as the environment does with out-of-range actions."""
+        return torch.maximum(torch.minimum(action, self.high), self.low)
+
+    def validate(self, action: torch.Tensor) -> None:
+        """Raise ``ValueError`` when ``action`` does not end in this box's dimension."""
+        if action.shape[-1] != self.dim:
+            raise ValueError(f"Action has trailing dimension {action.shape[-1]}, the action box has {self.dim}.")
+
+    def uniform(self) -> UniformBox:
+        """VIREL's prior p(a|s): uniform on the box."""
+        return UniformBox(self)
+
+
+class UniformBox(dist.TorchDistribution):
+    """Uniform prior on an :class:`ActionBox` with event shape ``(action_dim,)``.
+
+    Its log-density is the constant ``-log|box|`` for every value: samples of an unbounded guide
+    (e.g. a plain Gaussian) that fall outside the box are clipped by the environment, so their
+    mass belongs to the box and the prior term of the ELBO is still the same constant.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, box: ActionBox, batch_shape: torch.Size = torch.Size()) -> None:
+        self.box = box
+        super().__init__(batch_shape, torch.Size([box.dim]), validate_args=False)
+
+    def expand(self, batch_shape, _instance=None) -> UniformBox:
+        return UniformBox(self.box, torch.Size(batch_shape))
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)
+        u = torch.rand(shape, dtype=self.box.low.dtype, device=self.box.low.device)
+        return self.box.low + (self.box.high - self.box.low) * u
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return (-self.box.log_volume).expand(value.shape[:-1])
+
+    def entropy(self) -> torch.Tensor:
+        return self.box.log_volume.expand(self.batch_shape)
+
+
+class SafeTanhTransform(TanhTransform):
+    """``tanh`` whose inverse clamps to the open interval, so ``log_prob`` stays finite at the box edges.
+
+    The log-Jacobian is torch's stable ``2 (log 2 - x - softplus(-2x))``.
+    """
+
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.atanh(y.clamp(-1 + _UNIT_EDGE, 1 - _UNIT_EDGE))
+
+
+class TanhNormal(dist.TransformedDistribution):
+    """``a = center + half_range * tanh(x)``, ``x ~ Normal(loc, scale)``: a squashed Gaussian on a box.
+
+    Batch shape is that of ``loc`` without its last dimension; event shape ``(action_dim,)``.
+    ``log_prob`` is exact (change of variables with the tanh and affine Jacobians).
+    """
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+
+    def __init__(self, loc: torch.Tensor, scale: torch.Tensor, box: ActionBox) -> None:
+        self.loc, self.scale, self.box = loc, scale, box
+        base = dist.Normal(loc, scale).to_event(1)
+        transforms = [
+            SafeTanhTransform(cache_size=1),
+            AffineTransform(box.center, box.half_range, event_dim=1, cache_size=1),
+        ]
+        super().__init__(base, transforms, validate_args=False)
+
+    def expand(self, batch_shape, _instance=None) -> TanhNormal:
+        shape = torch.Size(batch_shape) + self.event_shape
+        return TanhNormal(self.loc.expand(shape), self.scale.expand(shape), self.box)
+
+    @property
+    def mode(self) -> torch.Tensor:
+        """``from_unit(tanh(loc))``: the squashed mean, used as the deterministic action."""
+        return self.box.from_unit(torch.tanh(self.loc))

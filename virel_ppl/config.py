@@ -1,0 +1,142 @@
+"""Every hyper-parameter of a training run in one typed place, with its default and meaning."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# VIREL App. I, Table 1: the temperature is fixed (c = 1) and rewards are scaled per task instead.
+REWARD_SCALES: dict[str, float] = {"HalfCheetah": 5.0, "Hopper": 5.0, "Walker2d": 3.0}
+# λ ≈ (1 − γ)/r_avg for the beta rule (App. I): 4e-4 for Humanoid, 4e-3 for all other tasks.
+BETA_SCALES: dict[str, float] = {"Humanoid": 4e-4}
+
+
+def _task(env_id: str) -> str:
+    return env_id.split("-v")[0]
+
+
+@dataclass
+class Config:
+    """A training run: environment, algorithm, networks, optimisation, evaluation and bookkeeping."""
+
+    env: str = "InvertedPendulum-v5"
+    """Gymnasium environment id with a Box action space (MuJoCo v5 tasks, Pendulum-v1, ...)."""
+    algo: str = "virel"
+    """Algorithm preset from ``virel_ppl.agent.VARIANTS`` (virel: fixed ε = alpha; beta: ε from the TD error)."""
+    guide: str = "tanh_normal"
+    """Policy family (``virel_ppl.guides.GUIDES``)."""
+    elbo: str = "trace"
+    """ELBO estimator for the E-step (``virel_ppl.agent.ELBOS``)."""
+    num_particles: int = 1
+    """Particles per state in the ELBO estimate (vectorised)."""
+    total_steps: int = 15_000
+    """Environment steps of the whole run."""
+    warmup_steps: int = 1_000
+    """Uniformly random actions before learning starts."""
+    batch_size: int = 256
+    """Transitions per gradient step."""
+    buffer_size: int = 1_000_000
+    """Replay capacity."""
+    updates_per_step: float = 1.0
+    """Gradient updates (one M-step + one E-step each) per environment step; fractions accumulate."""
+    gamma: float = 0.99
+    """Discount factor."""
+    tau: float = 0.005
+    """Polyak rate of the target value network."""
+    policy_lr: float = 3e-4
+    """Adam learning rate of the guide (E-step)."""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the critic (M-step)."""
+    hidden: tuple[int, ...] = (256, 256)
+    """Hidden widths of policy, Q and V networks."""
+    alpha: float = 1.0
+    """Fixed temperature ε = α of ``virel`` (and the entropy weight of soft targets)."""
+    beta_scale: float | None = None
+    """λ of the ``beta`` rule ε = λ·TD-MSE; None uses (1 − γ)/r_avg from the batch (Humanoid: 4e-4)."""
+    reward_scale: float | None = None
+    """Reward multiplier; None takes VIREL's per-task table (HalfCheetah/Hopper 5, Walker2d 3, others 1)."""
+    eval_every: int = 2_500
+    """Environment steps between evaluations with the guide's mode action."""
+    eval_episodes: int = 5
+    """Episodes per evaluation (run in parallel on a vector env)."""
+    log_every: int = 250
+    """Environment steps between logged training scalars."""
+    checkpoint_every: int = 5_000
+    """Environment steps between checkpoints (one is also written at the end and on Ctrl-C)."""
+    seed: int = 0
+    """Seed of networks, replay sampling, environment and warm-up actions."""
+    device: str = "cpu"
+    """Torch device: cpu or cuda."""
+    threads: int | None = None
+    """torch intra-op threads; None keeps torch's default."""
+    run_dir: Path | None = None
+    """Where logs, plots and checkpoints go; None makes runs/<env>__<algo>__<seed>__<time>."""
+    tensorboard: bool = True
+    """Also write TensorBoard event files."""
+    progress: bool = True
+    """Show a progress bar."""
+    extra: dict[str, float] = field(default_factory=dict)
+    """Variant-specific settings (e.g. mpo_kl_weight), read by the variant's builder."""
+
+    def resolved_reward_scale(self) -> float:
+        return self.reward_scale if self.reward_scale is not None else REWARD_SCALES.get(_task(self.env), 1.0)
+
+    def resolved_beta_scale(self) -> float | None:
+        return self.beta_scale if self.beta_scale is not None else BETA_SCALES.get(_task(self.env))
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming each bad value and what to do about it."""
+        positive_ints = {
+            "total_steps": self.total_steps,
+            "batch_size": self.batch_size,
+            "buffer_size": self.buffer_size,
+            "eval_every": self.eval_every,
+            "eval_episodes": self.eval_episodes,
+            "log_every": self.log_every,
+            "checkpoint_every": self.checkpoint_every,
+            "num_particles": self.num_particles,
+        }
+        for name, value in positive_ints.items():
+            if value <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}.")
+        if self.warmup_steps < 0:
+            raise ValueError(f"--warmup-steps must be >= 0, got {self.warmup_steps}.")
+        if self.batch_size > self.buffer_size:
+            raise ValueError(
+                f"--batch-size {self.batch_size} is larger than --buffer-size {self.buffer_size}; "
+                "make the buffer at least as large as a batch."
+            )
+        if not 0.0 <= self.gamma < 1.0:
+            raise ValueError(f"--gamma must be in [0, 1), got {self.gamma}.")
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"--tau must be in (0, 1], got {self.tau}.")
+        for name in ("policy_lr", "critic_lr", "alpha", "updates_per_step"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}.")
+        if self.beta_scale is not None and not self.beta_scale > 0:
+            raise ValueError(f"--beta-scale must be > 0, got {self.beta_scale}.")
+        if self.reward_scale is not None and not self.reward_scale > 0:
+            raise ValueError(f"--reward-scale must be > 0, got {self.reward_scale}.")
+        if not self.hidden or min(self.hidden) <= 0:
+            raise ValueError(f"--hidden needs positive layer widths, got {self.hidden}.")
+        if self.device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu.")
+        elif self.device != "cpu" and not self.device.startswith("mps"):
+            raise ValueError(f"--device must be cpu or cuda[:N], got {self.device!r}.")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["run_dir"] = str(self.run_dir) if self.run_dir is not None else None
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Config:
+        d = dict(d)
+        d["hidden"] = tuple(d["hidden"])
+        d["run_dir"] = Path(d["run_dir"]) if d.get("run_dir") else None
+        return cls(**d)

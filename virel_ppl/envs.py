@@ -1,0 +1,107 @@
+"""Gymnasium environments: construction with clear errors, and saving/restoring their exact state."""
+
+from __future__ import annotations
+
+import difflib
+import pickle
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+from gymnasium import spaces
+
+from virel_ppl.actions import ActionBox
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise ``ValueError`` for an unknown id, suggesting registered ids that are close."""
+    if env_id in gym.registry:
+        return
+    close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(f"Unknown Gymnasium environment {env_id!r}.{hint}")
+
+
+def make_env(env_id: str, seed: int | None = None, **kwargs) -> gym.Env:
+    """``gym.make(env_id)`` with episode statistics, after checking the id and the spaces.
+
+    Raises ``ValueError`` for an unknown id or a non-flat observation, ``TypeError`` for a non-Box action space.
+    """
+    check_env_id(env_id)
+    env = gym.wrappers.RecordEpisodeStatistics(gym.make(env_id, **kwargs))
+    check_spaces(env)
+    if seed is not None:
+        env.reset(seed=seed)
+        env.action_space.seed(seed)
+    return env
+
+
+def check_spaces(env: gym.Env) -> ActionBox:
+    """Validate the observation (flat Box) and action (bounded Box) spaces; return the action box."""
+    obs_space = env.observation_space
+    if not isinstance(obs_space, spaces.Box) or len(obs_space.shape) != 1:
+        raise ValueError(
+            f"virel_ppl expects a flat Box observation space, got {obs_space!r}; "
+            "flatten it with gymnasium.wrappers.FlattenObservation."
+        )
+    return ActionBox.from_space(env.action_space)
+
+
+def make_eval_envs(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
+    """``num_envs`` copies of the task stepped together, for parallel evaluation episodes."""
+    check_env_id(env_id)
+    return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync")
+
+
+_MJ_STATE = mujoco.mjtState.mjSTATE_INTEGRATION  # everything mj_step depends on
+
+# Simulator handles are saved through MuJoCo's own state API; the wrapped env is kept by reference.
+_NOT_COPIED = {"env", "model", "data", "mujoco_renderer", "_ezpickle_args", "_ezpickle_kwargs"}
+
+
+def _layers(env: gym.Env):
+    """The env and every env it wraps, outermost first."""
+    yield env
+    while hasattr(env, "env"):
+        env = env.env
+        yield env
+
+
+def get_env_state(env: gym.Env) -> dict:
+    """Snapshot an env mid-episode: every wrapper's attributes (RNGs, time limit, episode statistics) and,
+    for MuJoCo tasks, the full physics state from ``mj_getState``.
+
+    Pickling the env itself is not enough: MuJoCo envs pickle as their constructor arguments (EzPickle),
+    so they would come back freshly built.
+    """
+    layers = []
+    for layer in _layers(env):
+        saved = {}
+        for name, value in vars(layer).items():
+            if name in _NOT_COPIED:
+                continue
+            try:
+                saved[name] = pickle.dumps(value)
+            except (pickle.PicklingError, TypeError, AttributeError):
+                continue  # e.g. render handles: not part of the dynamics
+        layers.append(saved)
+    physics = None
+    base = env.unwrapped
+    if hasattr(base, "data") and hasattr(base, "model"):
+        physics = np.empty(mujoco.mj_stateSize(base.model, _MJ_STATE))
+        mujoco.mj_getState(base.model, base.data, physics, _MJ_STATE)
+    return {"layers": layers, "physics": physics}
+
+
+def set_env_state(env: gym.Env, state: dict) -> None:
+    """Put ``env`` (built by the same :func:`make_env` call) into a state from :func:`get_env_state`."""
+    layers = list(_layers(env))
+    if len(layers) != len(state["layers"]):
+        raise ValueError("The saved environment has a different wrapper stack; was it made with another config?")
+    for layer, saved in zip(layers, state["layers"]):
+        for name, blob in saved.items():
+            setattr(layer, name, pickle.loads(blob))
+    if state["physics"] is not None:
+        base = env.unwrapped
+        mujoco.mj_setState(base.model, base.data, state["physics"], _MJ_STATE)
+        mujoco.mj_forward(base.model, base.data)
