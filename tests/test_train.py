@@ -80,6 +80,7 @@ def _interrupt_at(step):
 def test_resume_after_ctrl_c_matches_an_uninterrupted_run(tmp_path):
     cfg = Config(env="InvertedPendulum-v5", total_steps=450, seed=3, **TINY)
     straight = train(replace(cfg, run_dir=tmp_path / "straight"))
+    assert straight.steps == 450 and not straight.interrupted
     stopped = train(replace(cfg, run_dir=tmp_path / "resumed"), hooks=[_interrupt_at(275)])
     assert stopped.interrupted and stopped.steps == 275
     resumed = train(resume=tmp_path / "resumed")

@@ -120,7 +120,7 @@ class VirelAgent:
         )
         eps = self.eps_rule(stats["critic/td_mse"], batch.rewards)
         loss = self._pyro_scoped(
-            lambda: e_step(self.svi, self.critic, batch.obs, eps=eps, q=self.critic.q, prior=self.prior)
+            lambda: e_step(self.svi, self.critic, batch.obs, eps=eps, q=self.q_on_box, prior=self.prior)
         )
         self.critic.update_target(self.config.tau)
         if self.variant.after_update is not None:
@@ -128,6 +128,10 @@ class VirelAgent:
         stats["actor/loss"] = loss
         stats["eps"] = eps
         return stats
+
+    def q_on_box(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Q(s, clip(a)): the environment clips actions, so an unbounded guide's samples are scored as clipped."""
+        return self.critic.q(states, self.box.clip(actions))
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:

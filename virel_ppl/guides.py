@@ -42,7 +42,7 @@ class PolicyGuide(nn.Module):
         """q(a|s) = π_θ(a|s) for a batch of states: the Pyro guide paired with the models in ``models.py``."""
         check_states(states)
         pyro.module(self.pyro_name, self)
-        with pyro.plate("states", states.shape[0]):
+        with pyro.plate("states", states.shape[0], device=states.device):
             return pyro.sample("a", self.distribution(states))
 
     @torch.no_grad()

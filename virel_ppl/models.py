@@ -51,6 +51,6 @@ def check_log_likelihood(log_lik: torch.Tensor, batch: int) -> torch.Tensor:
 def virel_model(states: torch.Tensor, *, q: QFunction, eps: float | torch.Tensor, prior: Prior) -> None:
     """VIREL: a ~ p(a|s), then the optimality likelihood log p(O=1|s, a) = Q_ω(s, a)/ε_ω."""
     check_model_inputs(states, eps)
-    with pyro.plate("states", states.shape[0]):
+    with pyro.plate("states", states.shape[0], device=states.device):
         a = pyro.sample("a", prior(states))  # p(a|s): uniform on the box
         pyro.factor("O", check_log_likelihood(q(states, a), states.shape[0]) / eps)  # log p(O=1|h)

@@ -222,33 +222,35 @@ def _loop(trainer: Trainer, logger: RunLogger, hooks: Sequence[Hook]) -> RunResu
     old_handler = signal.signal(signal.SIGINT, request_stop)
     bar = tqdm(total=cfg.total_steps, initial=trainer.step, disable=not cfg.progress, unit="step", smoothing=0.05)
     stats: dict = {}
+    # Pyro's argument checks cost a device sync per distribution; NaN is still caught from the E-step loss.
     try:
-        while trainer.step < cfg.total_steps and not trainer.stop_requested:
-            episode = trainer.env_step()
-            step = trainer.step
-            for _ in range(trainer.updates_due()):
-                stats = agent.update(trainer.replay.sample(cfg.batch_size))
-            if episode is not None:
-                logger.log("episodes", step, {"return": episode["r"], "length": episode["l"]})
-            if stats and step % cfg.log_every == 0:
-                row = logger.log("train", step, stats)
-                if not all(math.isfinite(v) for v in row.values()):
-                    raise ValueError(
-                        f"Non-finite training statistics at step {step}: {row}. The critic diverged: "
-                        "lower --critic-lr or --reward-scale."
-                    )
-            if step % cfg.eval_every == 0 or step == cfg.total_steps:
-                returns = evaluate(agent, cfg.env, cfg.eval_episodes, seed=cfg.seed + 10_000 + step)
-                trainer.last_eval = float(returns.mean())
-                trainer.best_eval = max(trainer.best_eval, trainer.last_eval)
-                logger.log("eval", step, {"return_mean": returns.mean(), "return_std": returns.std()})
-                bar.set_postfix(eval=f"{trainer.last_eval:.1f}")
-            if step % cfg.checkpoint_every == 0:
-                trainer.save(ckpt)
-            for hook in hooks:
-                hook(trainer, step)
-            bar.update(1)
-        trainer.save(ckpt)
+        with pyro.validation_enabled(False):
+            while trainer.step < cfg.total_steps and not trainer.stop_requested:
+                episode = trainer.env_step()
+                step = trainer.step
+                for _ in range(trainer.updates_due()):
+                    stats = agent.update(trainer.replay.sample(cfg.batch_size))
+                if episode is not None:
+                    logger.log("episodes", step, {"return": episode["r"], "length": episode["l"]})
+                if stats and step % cfg.log_every == 0:
+                    row = logger.log("train", step, stats)
+                    if not all(math.isfinite(v) for v in row.values()):
+                        raise ValueError(
+                            f"Non-finite training statistics at step {step}: {row}. The critic diverged: "
+                            "lower --critic-lr or --reward-scale."
+                        )
+                if step % cfg.eval_every == 0 or step == cfg.total_steps:
+                    returns = evaluate(agent, cfg.env, cfg.eval_episodes, seed=cfg.seed + 10_000 + step)
+                    trainer.last_eval = float(returns.mean())
+                    trainer.best_eval = max(trainer.best_eval, trainer.last_eval)
+                    logger.log("eval", step, {"return_mean": returns.mean(), "return_std": returns.std()})
+                    bar.set_postfix(eval=f"{trainer.last_eval:.1f}")
+                if step % cfg.checkpoint_every == 0:
+                    trainer.save(ckpt)
+                for hook in hooks:
+                    hook(trainer, step)
+                bar.update(1)
+            trainer.save(ckpt)
     finally:
         signal.signal(signal.SIGINT, old_handler)
         bar.close()
