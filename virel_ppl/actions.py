@@ -55,8 +55,8 @@ class ActionBox:
         """Build the box of a Gymnasium space; raises ``TypeError`` unless it is a 1-D ``Box``."""
         if not isinstance(space, spaces.Box):
             raise TypeError(
-                f"virel_ppl needs a continuous Box action space, got {space!r}. "
-                "For Discrete actions use the CategoricalGuide (--guide categorical)."
+                f"ActionBox needs a continuous Box action space, got {space!r}. For Discrete actions use "
+                "DiscreteActions (virel_ppl.envs.make_env does this) and the CategoricalGuide (--guide categorical)."
             )
         if len(space.shape) != 1:
             raise ValueError(f"Expected a flat Box action space (action_dim,), got shape {space.shape}.")
@@ -81,6 +81,10 @@ class ActionBox:
     def from_unit(self, unit: torch.Tensor) -> torch.Tensor:
         """Map ``[-1, 1]`` to ``[low, high]``."""
         return self.center + self.half_range * unit
+
+    def unit_transform(self) -> AffineTransform:
+        """:meth:`from_unit` as a torch ``Transform`` on events of shape ``(action_dim,)``, for flows and squashes."""
+        return AffineTransform(self.center, self.half_range, event_dim=1, cache_size=1)
 
     def clip(self, action: torch.Tensor) -> torch.Tensor:
         """Clip to the box, as the environment does with out-of-range actions."""
@@ -163,3 +167,48 @@ class TanhNormal(dist.TransformedDistribution):
     def mode(self) -> torch.Tensor:
         """``from_unit(tanh(loc))``: the squashed mean, used as the deterministic action."""
         return self.box.from_unit(torch.tanh(self.loc))
+
+
+class DiscreteActions:
+    """A finite action set ``{0, …, n−1}`` (Gymnasium ``Discrete``) seen as one-hot vectors of length ``n``.
+
+    It plays the role of :class:`ActionBox` for discrete tasks: the replay buffer stores one-hot actions,
+    the critic reads them as ``(s, one_hot(a))`` and the prior p(a|s) is uniform over the ``n`` actions.
+    ``virel_ppl.envs.make_env`` wraps a ``Discrete`` env so that it accepts these one-hot vectors.
+    """
+
+    def __init__(self, n: int, device: torch.device | str = "cpu") -> None:
+        if int(n) < 2:
+            raise ValueError(f"DiscreteActions needs at least 2 actions, got {n}.")
+        self.n = int(n)
+        self.device = torch.device(device)
+
+    def __repr__(self) -> str:
+        return f"DiscreteActions({self.n})"
+
+    @property
+    def dim(self) -> int:
+        """Width of a one-hot action."""
+        return self.n
+
+    def to(self, device: torch.device | str) -> DiscreteActions:
+        return DiscreteActions(self.n, device=device)
+
+    def clip(self, action: torch.Tensor) -> torch.Tensor:
+        """One-hot actions are always valid: nothing to clip."""
+        return action
+
+    def validate(self, action: torch.Tensor) -> None:
+        """Raise ``ValueError`` when ``action`` is not one-hot of width ``n``."""
+        if action.shape[-1] != self.n:
+            raise ValueError(f"One-hot action has width {action.shape[-1]}, the action set has {self.n} actions.")
+
+    def one_hot(self, index: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot(index.long(), self.n).float()
+
+    def index(self, one_hot: torch.Tensor) -> torch.Tensor:
+        return one_hot.argmax(-1)
+
+    def uniform(self) -> dist.OneHotCategorical:
+        """VIREL's prior p(a|s) on a discrete task: uniform over the ``n`` actions."""
+        return dist.OneHotCategorical(logits=torch.zeros(self.n, device=self.device))

@@ -13,12 +13,15 @@ from dataclasses import dataclass
 import pyro
 import pyro.optim
 import torch
-from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import SVI
 from pyro.infer.elbo import ELBO
 
+from virel_ppl import variants
 from virel_ppl.actions import ActionBox
 from virel_ppl.config import Config
 from virel_ppl.critics import Critic
+from virel_ppl.divergences import ELBOS as ELBOS  # re-exported: estimators by name, see divergences.py
+from virel_ppl.divergences import make_elbo
 from virel_ppl.em import (
     Batch,
     EpsilonRule,
@@ -28,53 +31,121 @@ from virel_ppl.em import (
     fixed_epsilon,
     hard_value_target,
     m_step,
+    soft_value_target,
 )
-from virel_ppl.guides import GUIDES, PolicyGuide
-from virel_ppl.models import Prior, virel_model
+from virel_ppl.guides import GUIDES, PolicyGuide, check_guide_fits
+from virel_ppl.models import Prior, pseudo_likelihood_model, virel_model
+
+
+def _uniform_prior(agent: VirelAgent) -> Prior:
+    return lambda states: agent.box.uniform()
 
 
 @dataclass(frozen=True)
 class Variant:
-    """A named algorithm: which model, value target and ε rule; optional hooks for extra state.
+    """A named algorithm: a model and what it is combined with. Every field but ``model`` defaults to VIREL's
+    choice, so a variant names only what it changes (``docs/variants.md`` shows each as a diff):
 
-    ``prior(agent)`` gives p(a|s) for the model; ``after_update(agent)`` runs after each update
-    (e.g. MPO's slow update of its old policy).
+    - ``value_target(agent)``: what V regresses to in the M-step (hard: E_π[Q]);
+    - ``eps_rule(agent)``: the temperature ε of the likelihood exp(Q/ε) (fixed α);
+    - ``prior(agent)``: p(a|s) for the model (uniform on the box; MPO: the old policy);
+    - ``guide(agent)``: the Pyro guide paired with the model (π_θ);
+    - ``loss(agent)``: what SVI minimises instead of the ``--elbo`` estimator (None: that ELBO);
+    - ``model_inputs(agent, batch)``: extra keyword arguments of the model, from the batch (none);
+    - ``critic(obs_dim, action_dim, hidden=...)``: the critic (twin hard Q);
+    - ``extras(agent)``: extra state, built first and kept in ``agent.extras`` (old policy, log α, duals);
+      each value has ``state_dict``/``load_state_dict`` and is saved in checkpoints;
+    - ``after_update(agent, batch)``: runs after each update (MPO's slow prior update, SAC's α step) and may
+      return statistics to log.
     """
 
     model: Callable
-    value_target: Callable[[Config], ValueTarget]
-    eps_rule: Callable[[Config], EpsilonRule]
-    prior: Callable[[VirelAgent], Prior] = lambda agent: lambda states: agent.box.uniform()
-    after_update: Callable[[VirelAgent], None] | None = None
+    value_target: Callable[[VirelAgent], ValueTarget] = lambda agent: hard_value_target
+    eps_rule: Callable[[VirelAgent], EpsilonRule] = lambda agent: fixed_epsilon(agent.config.alpha)
+    prior: Callable[[VirelAgent], Prior] = _uniform_prior
+    guide: Callable[[VirelAgent], Callable] = lambda agent: agent.policy.guide
+    loss: Callable[[VirelAgent], ELBO | Callable] | None = None
+    model_inputs: Callable[[VirelAgent, Batch], dict] | None = None
+    critic: Callable[..., Critic] = Critic
+    extras: Callable[[VirelAgent], dict] = lambda agent: {}
+    after_update: Callable[[VirelAgent, Batch], dict | None] | None = None
     description: str = ""
 
 
+_virel = Variant(
+    virel_model,
+    description="VIREL Alg. 1 (VIREL1): uniform prior, fixed ε = α, twin hard Q, hard value target E_π[Q].",
+)
+
+
+def _step_old_policy(agent: VirelAgent, batch: Batch) -> None:
+    agent.extras["old_policy"].step()
+
+
+def _sac_auto_update(agent: VirelAgent, batch: Batch) -> dict:
+    return agent.extras["alpha"].update(agent.policy, batch.obs)
+
+
+def _mpo_np_update(agent: VirelAgent, batch: Batch) -> dict:
+    agent.extras["old_policy"].step()
+    return agent.extras["mpo"].last
+
+
 VARIANTS: dict[str, Variant] = {
-    "virel": Variant(
-        virel_model,
-        value_target=lambda cfg: hard_value_target,
-        eps_rule=lambda cfg: fixed_epsilon(cfg.alpha),
-        description="VIREL Alg. 1: uniform prior, fixed ε = α, hard value target E_π[Q].",
-    ),
+    "virel": _virel,
+    "virel1": _virel,
     "beta": Variant(
         virel_model,
-        value_target=lambda cfg: hard_value_target,
-        eps_rule=lambda cfg: beta_epsilon(cfg.gamma, cfg.resolved_beta_scale()),
+        eps_rule=lambda agent: beta_epsilon(agent.config.gamma, agent.config.resolved_beta_scale()),
         description="VIREL Alg. 2: ε_ω = (1 − γ)/r_avg · TD-MSE from the critic's residual.",
     ),
+    "virel2": Variant(
+        virel_model,
+        critic=variants.HardSoftCritic,
+        value_target=lambda agent: variants.hard_soft_value_target(agent.config.alpha),
+        description="VIREL2 (AISTATS §5): one hard and one soft Q, each with its own value; min of the two in Q/ε.",
+    ),
+    "mpo": Variant(
+        virel_model,
+        prior=lambda agent: agent.extras["old_policy"].distribution,
+        extras=lambda agent: {"old_policy": variants.old_policy(agent)},
+        after_update=_step_old_policy,
+        description="MPO (VIREL App. G): prior π_old, so the ELBO is E[Q]/ε − KL(π_θ‖π_old); π_old follows π_θ slowly.",
+    ),
+    "mpo_np": Variant(
+        virel_model,
+        prior=lambda agent: agent.extras["old_policy"].distribution,
+        eps_rule=lambda agent: agent.extras["mpo"].epsilon_rule,
+        loss=lambda agent: agent.extras["mpo"],
+        extras=lambda agent: {"old_policy": variants.old_policy(agent), "mpo": variants.nonparametric_mpo(agent)},
+        after_update=_mpo_np_update,
+        description="Classic MPO: MPO's model, but importance-weighted ML (η and KL bound by duals) in place of SVI.",
+    ),
+    "sac": Variant(
+        virel_model,
+        value_target=lambda agent: soft_value_target(agent.config.alpha),
+        description="SAC: fixed α = ε, soft value target E_π[Q − α log π] (entropy inside the backup), twin Q.",
+    ),
+    "sac_auto": Variant(
+        virel_model,
+        value_target=lambda agent: soft_value_target(agent.extras["alpha"]),
+        eps_rule=lambda agent: agent.extras["alpha"].epsilon_rule,
+        extras=lambda agent: {
+            "alpha": variants.Temperature(
+                agent.config.alpha, agent.box.dim, agent.config.target_entropy, agent.config.dual_lr, agent.device
+            )
+        },
+        after_update=_sac_auto_update,
+        description="SAC with α tuned to a target entropy (--target-entropy, default −action_dim).",
+    ),
+    "pseudo_likelihood": Variant(
+        pseudo_likelihood_model,
+        prior=lambda agent: variants.policy_prior(agent.policy),
+        guide=lambda agent: variants.no_guide,
+        model_inputs=variants.sampled_advantages,
+        description="Reward-weighted EM: π_θ is the prior, weighted ML of buffer actions by exp(sampled return/ε).",
+    ),
 }
-
-
-def _elbo_trace(num_particles: int) -> ELBO:
-    return Trace_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
-
-
-def _elbo_meanfield(num_particles: int) -> ELBO:
-    return TraceMeanField_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
-
-
-#: ELBO estimators by name; each factory takes ``num_particles``.
-ELBOS: dict[str, Callable[[int], ELBO]] = {"trace": _elbo_trace, "meanfield": _elbo_meanfield}
 
 
 def lookup(registry: dict, name: str, what: str):
@@ -94,21 +165,36 @@ class VirelAgent:
         box: the action box.
         config: the run's :class:`~virel_ppl.config.Config`.
         policy: a guide to use instead of ``GUIDES[config.guide]`` (e.g. a user-defined one).
+        elbo: an estimator name or ``ELBO`` object to use instead of ``config.elbo`` (checked by ``make_elbo``).
     """
 
-    def __init__(self, obs_dim: int, box: ActionBox, config: Config, policy: PolicyGuide | None = None) -> None:
+    def __init__(
+        self,
+        obs_dim: int,
+        box: ActionBox,
+        config: Config,
+        policy: PolicyGuide | None = None,
+        elbo: str | ELBO | None = None,
+    ) -> None:
         self.config, self.box = config, box
         self.device = torch.device(config.device)
         self.variant: Variant = lookup(VARIANTS, config.algo, "algo")
         if policy is None:
             policy = lookup(GUIDES, config.guide, "guide")(obs_dim, box, hidden=config.hidden)
         self.policy = policy.to(self.device)
-        self.critic = Critic(obs_dim, box.dim, hidden=config.hidden).to(self.device)
+        self.critic = self.variant.critic(obs_dim, box.dim, hidden=config.hidden).to(self.device)
         self.critic_optim = torch.optim.Adam(self.critic.trainable_parameters(), lr=config.critic_lr)
-        self.elbo = lookup(ELBOS, config.elbo, "elbo")(config.num_particles)
-        self.svi = SVI(self.variant.model, self.policy.guide, pyro.optim.Adam({"lr": config.policy_lr}), self.elbo)
-        self.value_target = self.variant.value_target(config)
-        self.eps_rule = self.variant.eps_rule(config)
+        self.extras: dict = self.variant.extras(self)  # the variant's own state, saved with the agent
+        check_guide_fits(self.policy, box)  # continuous guide ↔ Box, categorical ↔ Discrete
+        if self.variant.loss is not None:
+            self.elbo = self.variant.loss(self)
+        else:  # fails here, at start-up, for guide × estimator pairs that cannot work
+            estimator = elbo if elbo is not None else config.elbo
+            self.elbo = make_elbo(estimator, self.policy, config.num_particles, config.renyi_alpha)
+        guide = self.variant.guide(self)
+        self.svi = SVI(self.variant.model, guide, pyro.optim.Adam({"lr": config.policy_lr}), self.elbo)
+        self.value_target = self.variant.value_target(self)
+        self.eps_rule = self.variant.eps_rule(self)
         self.prior = self.variant.prior(self)
         # Each agent keeps its own Pyro param store, so agents in one process never share parameters.
         self.param_state: dict = {"params": {}, "constraints": {}}
@@ -119,12 +205,13 @@ class VirelAgent:
             self.critic, self.critic_optim, batch, self.policy, self.config.gamma, self.value_target
         )
         eps = self.eps_rule(stats["critic/td_mse"], batch.rewards)
+        inputs = self.variant.model_inputs(self, batch) if self.variant.model_inputs is not None else {}
         loss = self._pyro_scoped(
-            lambda: e_step(self.svi, self.critic, batch.obs, eps=eps, q=self.q_on_box, prior=self.prior)
+            lambda: e_step(self.svi, self.critic, batch.obs, eps=eps, q=self.q_on_box, prior=self.prior, **inputs)
         )
         self.critic.update_target(self.config.tau)
         if self.variant.after_update is not None:
-            self.variant.after_update(self)
+            stats.update(self.variant.after_update(self, batch) or {})
         stats["actor/loss"] = loss
         stats["eps"] = eps
         return stats
@@ -144,6 +231,7 @@ class VirelAgent:
             "critic": self.critic.state_dict(),
             "critic_optim": self.critic_optim.state_dict(),
             "policy_optim": self._pyro_scoped(self.svi.optim.get_state),  # keyed by param-store names
+            "extras": {name: extra.state_dict() for name, extra in self.extras.items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -151,6 +239,11 @@ class VirelAgent:
         self.critic.load_state_dict(state["critic"])
         self.critic_optim.load_state_dict(state["critic_optim"])
         self._pyro_scoped(self.svi.optim.set_state, state["policy_optim"])
+        saved = state.get("extras", {})
+        for name, extra in self.extras.items():
+            if name not in saved:
+                raise KeyError(f"The checkpoint has no {name!r} state of the {self.config.algo!r} variant.")
+            extra.load_state_dict(saved[name])
 
     def _pyro_scoped(self, fn: Callable, *args):
         """Call ``fn`` inside this agent's own Pyro param store."""

@@ -1,4 +1,5 @@
-"""Command line: ``virel_ppl train``, ``virel_ppl evaluate RUN_DIR``.
+"""Command line: ``virel_ppl train``, ``virel_ppl evaluate RUN_DIR``, ``virel_ppl diagnose RUN_DIR``,
+``virel_ppl report RUN_DIR...``.
 
 ``examples/mujoco_svi.py`` is the same ``train`` command as a script.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import tyro
 
@@ -77,12 +78,73 @@ def run_evaluate(args: EvaluateArgs) -> None:
             print(f"No video: {err}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    cmd = tyro.extras.subcommand_cli_from_dict(
-        {"train": TrainArgs, "evaluate": EvaluateArgs}, args=argv, prog="virel_ppl"
+@dataclass
+class DiagnoseArgs:
+    """Action-posterior diagnostics of a run's agent: guide π_θ vs the Boltzmann target exp(Q/ε)·prior, with
+    PSIS k̂ and ESS per state (ArviZ). Writes RUN_DIR/posterior/action_posterior.{png,md,nc}."""
+
+    run_dir: tyro.conf.Positional[Path]
+    num_states: int = 4
+    """States to look at."""
+    states: Literal["rollout", "replay"] = "rollout"
+    """rollout: evenly spaced along an episode of the mode policy; replay: drawn from the checkpoint's buffer."""
+    num_samples: int = 2000
+    """Guide draws (and target draws) per state."""
+    eps: float | None = None
+    """Temperature ε of the target; None: the last ε in train.csv (else --alpha of the run)."""
+    seed: int = 0
+    out: Path | None = None
+    """Output folder; None: RUN_DIR/posterior."""
+    device: str = "cpu"
+
+
+@dataclass
+class ReportArgs:
+    """Multi-seed report: learning curves with HDI bands over seeds, final-return table (mean, sd, HDI, IQM with
+    bootstrap CI) and training diagnostics (k̂, ε), as PNG and Markdown."""
+
+    run_dirs: tyro.conf.Positional[list[Path]]
+    """Run directories, or folders holding them."""
+    out: Path = Path("report")
+    """Output folder for report.md and the PNGs."""
+    group_by: tuple[str, ...] = ("env", "algo")
+    """Config fields whose values make a group (the runs of a group are its seeds)."""
+    hdi_prob: float = 0.94
+    """Probability mass of the HDI bands and intervals."""
+    ci: float = 0.95
+    """Confidence level of the bootstrap CI of the IQM."""
+    n_boot: int = 2000
+    """Bootstrap resamples."""
+    seed: int = 0
+    """Seed of the bootstrap."""
+
+
+def run_diagnose(args: DiagnoseArgs) -> None:
+    from virel_ppl.diagnostics import diagnose_run
+
+    post, paths = diagnose_run(
+        args.run_dir, args.out, args.num_states, args.states, args.num_samples, args.eps, args.seed, args.device
     )
+    print(post.table())
+    print("\n".join(f"  {name}: {path}" for name, path in paths.items()))
+
+
+def run_report(args: ReportArgs) -> None:
+    from virel_ppl.report import write_report
+
+    path = write_report(args.run_dirs, args.out, args.group_by, args.hdi_prob, args.ci, args.n_boot, args.seed)
+    print(f"report: {path} (plots beside it)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    commands = {"train": TrainArgs, "evaluate": EvaluateArgs, "diagnose": DiagnoseArgs, "report": ReportArgs}
+    cmd = tyro.extras.subcommand_cli_from_dict(commands, args=argv, prog="virel_ppl")
     if isinstance(cmd, TrainArgs):
         run_train(cmd)
+    elif isinstance(cmd, DiagnoseArgs):
+        run_diagnose(cmd)
+    elif isinstance(cmd, ReportArgs):
+        run_report(cmd)
     else:
         run_evaluate(cmd)
 

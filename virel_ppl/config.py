@@ -21,16 +21,22 @@ class Config:
     """A training run: environment, algorithm, networks, optimisation, evaluation and bookkeeping."""
 
     env: str = "InvertedPendulum-v5"
-    """Gymnasium environment id with a Box action space (MuJoCo v5 tasks, Pendulum-v1, ...)."""
+    """Gymnasium environment id: a Box action space (MuJoCo v5 tasks, Pendulum-v1, ...), or Discrete with
+    --guide categorical (CartPole-v1, ...)."""
     algo: str = "virel"
-    """Algorithm preset from ``virel_ppl.agent.VARIANTS`` (virel: fixed ε = alpha; beta: ε from the TD error)."""
+    """Algorithm preset from ``virel_ppl.agent.VARIANTS``: virel (= virel1), beta, virel2, mpo, mpo_np, sac, sac_auto,
+    pseudo_likelihood; see docs/variants.md."""
     guide: str = "tanh_normal"
-    """Policy family (``virel_ppl.guides.GUIDES``)."""
+    """Policy family (``virel_ppl.guides.GUIDES``): tanh_normal, gaussian, beta, mixture, flow, categorical."""
     elbo: str = "trace"
-    """ELBO estimator for the E-step (``virel_ppl.agent.ELBOS``)."""
-    num_particles: int = 1
-    """Particles per state in the ELBO estimate (vectorised)."""
-    total_steps: int = 15_000
+    """E-step estimator (``virel_ppl.divergences.DIVERGENCES``): trace, meanfield, renyi, iwae, tail_adaptive,
+    graph, enum."""
+    num_particles: int | None = None
+    """Particles per state in the ELBO estimate (vectorised); None: the estimator's default (1; renyi, iwae,
+    tail_adaptive: 8)."""
+    renyi_alpha: float = 0.5
+    """Order α ≠ 1 of --elbo renyi (α = 0: the IWAE bound; α → 1: the ELBO)."""
+    total_steps: int = 20_000
     """Environment steps of the whole run."""
     warmup_steps: int = 1_000
     """Uniformly random actions before learning starts."""
@@ -44,9 +50,9 @@ class Config:
     """Discount factor."""
     tau: float = 0.005
     """Polyak rate of the target value network."""
-    policy_lr: float = 3e-4
+    policy_lr: float = 1e-3
     """Adam learning rate of the guide (E-step)."""
-    critic_lr: float = 3e-4
+    critic_lr: float = 1e-3
     """Adam learning rate of the critic (M-step)."""
     hidden: tuple[int, ...] = (256, 256)
     """Hidden widths of policy, Q and V networks."""
@@ -54,9 +60,23 @@ class Config:
     """Fixed temperature ε = α of ``virel`` (and the entropy weight of soft targets)."""
     beta_scale: float | None = None
     """λ of the ``beta`` rule ε = λ·TD-MSE; None uses (1 − γ)/r_avg from the batch (Humanoid: 4e-4)."""
+    old_policy_period: int = 100
+    """mpo, mpo_np: copy π_θ into the old policy π_old (the prior) every this many updates; 0 uses old_policy_tau."""
+    old_policy_tau: float = 0.005
+    """mpo, mpo_np with old_policy_period 0: Polyak rate of π_old ← (1 − τ) π_old + τ π_θ."""
+    target_entropy: float | None = None
+    """sac_auto: the entropy that α is tuned to; None uses SAC's −action_dim."""
+    mpo_num_actions: int = 20
+    """mpo_np: actions drawn from π_old per state for the non-parametric E-step."""
+    mpo_eta_bound: float | None = 0.1
+    """mpo_np: ε_η of the temperature's dual (KL of the E-step's weights from π_old); None keeps η = alpha."""
+    mpo_kl_bound: float = 0.01
+    """mpo_np: bound on KL(π_old ‖ π_θ) in the weighted maximum-likelihood step."""
+    dual_lr: float = 1e-3
+    """Adam rate of dual variables: mpo_np's η and KL multiplier, sac_auto's log α."""
     reward_scale: float | None = None
     """Reward multiplier; None takes VIREL's per-task table (HalfCheetah/Hopper 5, Walker2d 3, others 1)."""
-    eval_every: int = 2_500
+    eval_every: int = 2_000
     """Environment steps between evaluations with the guide's mode action."""
     eval_episodes: int = 5
     """Episodes per evaluation (run in parallel on a vector env)."""
@@ -95,8 +115,10 @@ class Config:
             "eval_episodes": self.eval_episodes,
             "log_every": self.log_every,
             "checkpoint_every": self.checkpoint_every,
-            "num_particles": self.num_particles,
+            "num_particles": 1 if self.num_particles is None else self.num_particles,
         }
+        if self.renyi_alpha == 1.0:
+            raise ValueError("--renyi-alpha 1 is the KL divergence: use --elbo trace (Rényi needs α ≠ 1).")
         for name, value in positive_ints.items():
             if value <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}.")
@@ -112,6 +134,16 @@ class Config:
         if not 0.0 < self.tau <= 1.0:
             raise ValueError(f"--tau must be in (0, 1], got {self.tau}.")
         for name in ("policy_lr", "critic_lr", "alpha", "updates_per_step"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}.")
+        if self.old_policy_period < 0 or not 0.0 < self.old_policy_tau <= 1.0:
+            raise ValueError(
+                f"--old-policy-period must be >= 0 and --old-policy-tau in (0, 1], got {self.old_policy_period} "
+                f"and {self.old_policy_tau}."
+            )
+        if self.mpo_num_actions < 2:
+            raise ValueError(f"--mpo-num-actions must be at least 2, got {self.mpo_num_actions}.")
+        for name in ("mpo_kl_bound", "dual_lr") + (("mpo_eta_bound",) if self.mpo_eta_bound is not None else ()):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}.")
         if self.beta_scale is not None and not self.beta_scale > 0:

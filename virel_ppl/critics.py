@@ -12,9 +12,12 @@ from virel_ppl.nets import mlp
 
 
 def _pair(states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    """Concatenate states ``(..., N, obs)`` with actions ``(..., N, act)``, broadcasting leading particle dims."""
+    """Concatenate states ``(..., N, obs)`` with actions ``(..., N, act)``, broadcasting leading particle dims
+    (and the ``(n, 1, n)`` one-hot actions that ``TraceEnum_ELBO`` enumerates against ``(N, obs)`` states)."""
     if states.shape[:-1] != actions.shape[:-1]:
-        states = states.expand(actions.shape[:-1] + states.shape[-1:])
+        batch = torch.broadcast_shapes(states.shape[:-1], actions.shape[:-1])
+        states = states.expand(batch + states.shape[-1:])
+        actions = actions.expand(batch + actions.shape[-1:])
     return torch.cat([states, actions], dim=-1)
 
 

@@ -75,13 +75,16 @@ def hard_value_target(critic: Critic, policy: PolicyGuide, states: torch.Tensor)
     return critic.q(states, policy.distribution(states).sample())
 
 
-def soft_value_target(alpha: float) -> ValueTarget:
-    """V(s) ← E_{a~π}[Q(s, a) − α log π(a|s)]: the entropy inside the backup (SAC)."""
+def soft_value_target(alpha: float | Callable[[], torch.Tensor]) -> ValueTarget:
+    """V(s) ← E_{a~π}[Q(s, a) − α log π(a|s)]: the entropy inside the backup (SAC).
+
+    ``alpha`` is a number, or a callable giving the current α (SAC's automatic temperature).
+    """
 
     def target(critic: Critic, policy: PolicyGuide, states: torch.Tensor) -> torch.Tensor:
         d = policy.distribution(states)
         a = d.sample()
-        return critic.q(states, a) - alpha * d.log_prob(a)
+        return critic.q(states, a) - (alpha() if callable(alpha) else alpha) * d.log_prob(a)
 
     return target
 
@@ -105,7 +108,9 @@ def m_step(
         q_target = bellman_target(batch.rewards, batch.terminated, critic.target_value(batch.next_obs), gamma)
         v_target = value_target(critic, policy, batch.obs)
     q1, q2 = critic.twin_q(batch.obs, batch.actions)
-    td1, td2 = q1 - q_target, q2 - q_target
+    # one target for both twins, or one per twin when the critic keeps two values (VIREL2: hard and soft)
+    target1, target2 = q_target.expand(2, q_target.shape[-1])
+    td1, td2 = q1 - target1, q2 - target2
     q_loss = 0.5 * (td1.pow(2).mean() + td2.pow(2).mean())
     v_loss = 0.5 * (critic.value(batch.obs) - v_target).pow(2).mean()
     optimizer.zero_grad(set_to_none=True)

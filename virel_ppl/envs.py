@@ -10,7 +10,7 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 
-from virel_ppl.actions import ActionBox
+from virel_ppl.actions import ActionBox, DiscreteActions
 
 
 def check_env_id(env_id: str) -> None:
@@ -25,10 +25,11 @@ def check_env_id(env_id: str) -> None:
 def make_env(env_id: str, seed: int | None = None, **kwargs) -> gym.Env:
     """``gym.make(env_id)`` with episode statistics, after checking the id and the spaces.
 
-    Raises ``ValueError`` for an unknown id or a non-flat observation, ``TypeError`` for a non-Box action space.
+    A ``Discrete`` action space is seen through :class:`OneHotActions` (one-hot action vectors).
+    Raises ``ValueError`` for an unknown id or a non-flat observation, ``TypeError`` for another action space.
     """
     check_env_id(env_id)
-    env = gym.wrappers.RecordEpisodeStatistics(gym.make(env_id, **kwargs))
+    env = gym.wrappers.RecordEpisodeStatistics(one_hot_if_discrete(gym.make(env_id, **kwargs)))
     check_spaces(env)
     if seed is not None:
         env.reset(seed=seed)
@@ -36,21 +37,57 @@ def make_env(env_id: str, seed: int | None = None, **kwargs) -> gym.Env:
     return env
 
 
-def check_spaces(env: gym.Env) -> ActionBox:
-    """Validate the observation (flat Box) and action (bounded Box) spaces; return the action box."""
+def check_spaces(env: gym.Env) -> ActionBox | DiscreteActions:
+    """Validate the observation (flat Box) and action (bounded Box, or one-hot) spaces; return the action set."""
     obs_space = env.observation_space
     if not isinstance(obs_space, spaces.Box) or len(obs_space.shape) != 1:
         raise ValueError(
             f"virel_ppl expects a flat Box observation space, got {obs_space!r}; "
             "flatten it with gymnasium.wrappers.FlattenObservation."
         )
+    if isinstance(env.action_space, OneHot):
+        return DiscreteActions(env.action_space.n)
     return ActionBox.from_space(env.action_space)
 
 
 def make_eval_envs(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
     """``num_envs`` copies of the task stepped together, for parallel evaluation episodes."""
     check_env_id(env_id)
-    return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync")
+    return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync", wrappers=[one_hot_if_discrete])
+
+
+class OneHot(spaces.Box):
+    """The actions of a ``Discrete(n)`` space as one-hot float vectors; ``sample()`` draws a uniform one-hot."""
+
+    def __init__(self, n: int, seed: int | None = None) -> None:
+        super().__init__(0.0, 1.0, (int(n),), np.float32, seed=seed)
+        self.n = int(n)
+
+    def sample(self, mask=None, probability=None) -> np.ndarray:
+        out = np.zeros(self.n, dtype=np.float32)
+        out[self.np_random.integers(self.n)] = 1.0
+        return out
+
+    def __repr__(self) -> str:
+        return f"OneHot({self.n})"
+
+
+class OneHotActions(gym.ActionWrapper):
+    """A ``Discrete(n)`` env that takes one-hot action vectors (argmax ↦ action), so the replay buffer, the
+    critic Q(s, one_hot(a)) and the trainer treat discrete actions like any other action vector."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.start = int(env.action_space.start)
+        self.action_space = OneHot(env.action_space.n)
+
+    def action(self, action: np.ndarray) -> int:
+        return self.start + int(np.argmax(action))
+
+
+def one_hot_if_discrete(env: gym.Env) -> gym.Env:
+    """Wrap ``env`` with :class:`OneHotActions` when its action space is ``Discrete``; otherwise return it."""
+    return OneHotActions(env) if isinstance(env.action_space, spaces.Discrete) else env
 
 
 _MJ_STATE = mujoco.mjtState.mjSTATE_INTEGRATION  # everything mj_step depends on

@@ -1,9 +1,10 @@
 """The training loop: collect, M-step, E-step, target update, evaluate, log, checkpoint.
 
 ``train(config)`` runs (or, with ``resume=RUN_DIR``, continues) one run and returns its summary. A run
-directory holds ``config.json``, ``train.csv``, ``eval.csv``, TensorBoard events, ``learning_curve.png``
-and ``checkpoint.pt``. Ctrl-C stops at the next step boundary and writes a checkpoint from which
-``--resume`` continues exactly as if the run had not stopped (on CPU).
+directory holds ``config.json``, ``train.csv``, ``eval.csv``, ``diagnostics.csv`` (ε and the guide's PSIS k̂ at
+each evaluation, see ``diagnostics.py``), TensorBoard events, ``learning_curve.png`` and ``checkpoint.pt``.
+Ctrl-C stops at the next step boundary and writes a checkpoint from which ``--resume`` continues exactly as if
+the run had not stopped (on CPU).
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from pathlib import Path
 import numpy as np
 import pyro
 import torch
+from pyro.infer.elbo import ELBO
 from tqdm.auto import tqdm
 
 from virel_ppl.actions import ActionBox
 from virel_ppl.agent import VirelAgent, lookup
 from virel_ppl.config import Config
+from virel_ppl.diagnostics import replay_states, training_diagnostics
 from virel_ppl.envs import check_spaces, get_env_state, make_env, make_eval_envs, set_env_state
 from virel_ppl.guides import GUIDES
 from virel_ppl.logger import RunLogger, plot_learning_curve
@@ -64,7 +67,12 @@ def evaluate(agent: VirelAgent, env_id: str, episodes: int, seed: int) -> np.nda
 class Trainer:
     """Holds the state of one run (env, agent, replay, counters) and advances it step by step."""
 
-    def __init__(self, config: Config, policy_factory: Callable[[int, ActionBox], torch.nn.Module] | None = None):
+    def __init__(
+        self,
+        config: Config,
+        policy_factory: Callable[[int, ActionBox], torch.nn.Module] | None = None,
+        elbo: ELBO | None = None,
+    ):
         config.validate()
         lookup(GUIDES, config.guide, "guide") if policy_factory is None else None
         self.config = config
@@ -79,7 +87,7 @@ class Trainer:
         box = check_spaces(self.env).to(config.device)
         obs_dim = self.env.observation_space.shape[0]
         policy = policy_factory(obs_dim, box) if policy_factory is not None else None
-        self.agent = VirelAgent(obs_dim, box, config, policy=policy)
+        self.agent = VirelAgent(obs_dim, box, config, policy=policy, elbo=elbo)  # elbo: overrides config.elbo
         self.replay = ReplayBuffer(obs_dim, box.dim, config.buffer_size, config.device, seed=config.seed)
         self.reward_scale = config.resolved_reward_scale()
         self.step = 0
@@ -180,10 +188,12 @@ def train(
     overrides: dict | None = None,
     hooks: Sequence[Hook] = (),
     policy_factory: Callable[[int, ActionBox], torch.nn.Module] | None = None,
+    elbo: ELBO | None = None,
 ) -> RunResult:
     """Run ``config`` to ``config.total_steps``, or continue the run in ``resume`` (its saved config, with
     ``overrides`` such as a larger ``total_steps``). ``hooks`` are called as ``hook(trainer, step)`` after
-    every environment step.
+    every environment step. ``policy_factory(obs_dim, box)`` and ``elbo`` (a Pyro ``ELBO`` object, checked by
+    ``virel_ppl.divergences.make_elbo``) replace ``config.guide`` and ``config.elbo`` with objects from code.
     """
     if resume is not None:
         run_dir = Path(resume)
@@ -199,7 +209,7 @@ def train(
         config = replace(config, **(overrides or {}))
         if config.run_dir is None:
             config = replace(config, run_dir=_default_run_dir(config))
-    trainer = Trainer(config, policy_factory=policy_factory)
+    trainer = Trainer(config, policy_factory=policy_factory, elbo=elbo)
     if state is not None:
         trainer.load_state_dict(state)
     run_dir = config.run_dir
@@ -245,6 +255,10 @@ def _loop(trainer: Trainer, logger: RunLogger, hooks: Sequence[Hook]) -> RunResu
                     trainer.best_eval = max(trainer.best_eval, trainer.last_eval)
                     logger.log("eval", step, {"return_mean": returns.mean(), "return_std": returns.std()})
                     bar.set_postfix(eval=f"{trainer.last_eval:.1f}")
+                    if stats:  # PSIS k̂ of π_θ vs exp(Q/ε)·prior on 8 replay states; own RNG, training unperturbed
+                        states = replay_states(trainer.replay.obs[: len(trainer.replay)], 8, seed=cfg.seed + step)
+                        diag = training_diagnostics(agent, states, float(stats["eps"]), seed=cfg.seed + step)
+                        logger.log("diagnostics", step, diag)
                 if step % cfg.checkpoint_every == 0:
                     trainer.save(ckpt)
                 for hook in hooks:
