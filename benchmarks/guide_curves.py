@@ -2,11 +2,13 @@
 
     python benchmarks/guide_curves.py                                   # InvertedPendulum-v5, 8000 steps each
     python benchmarks/guide_curves.py --env Pendulum-v1 --pairs tanh_normal:trace mixture:renyi
-    python benchmarks/guide_curves.py --plot-only --out runs/guide_curves   # re-plot finished runs
+    python benchmarks/guide_curves.py --seeds 0 1                       # two seeds of each pair
+    python benchmarks/guide_curves.py --plot-only --seeds 0 1           # re-plot finished runs
 
 Each pair is ``guide:elbo`` and trains with ``virel_ppl.train.train`` (the same as ``examples/mujoco_svi.py
---guide G --elbo E``) into ``OUT/<env>__<guide>__<elbo>__<seed>``; the plot of every run's evaluation return
-(mode action) goes to ``--plot`` and a table of returns is printed.
+--guide G --elbo E``) into ``OUT/<env>__<guide>__<elbo>__<seed>``; runs that already finished are kept. The plot
+of the evaluation return (mode action; mean over seeds, thin lines per seed) goes to ``--plot`` and a table of
+returns is printed.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ def run_dir(out: Path, env: str, pair: str, seed: int) -> Path:
 def run_pairs(env: str, pairs: list[str], steps: int, seed: int, out: Path) -> None:
     for pair in pairs:
         guide, elbo = pair.split(":")
+        if (run_dir(out, env, pair, seed) / "checkpoint.pt").exists():
+            continue
         cfg = Config(
             env=env,
             guide=guide,
@@ -54,26 +58,33 @@ def run_pairs(env: str, pairs: list[str], steps: int, seed: int, out: Path) -> N
               f"({time.time() - t0:.0f} s)", flush=True)  # fmt: skip
 
 
-def plot(env: str, pairs: list[str], seed: int, out: Path, path: Path) -> None:
+def plot(env: str, pairs: list[str], seeds: list[int], out: Path, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    print("\n| guide · elbo | returns at each evaluation |\n|---|---|")
+    print("\n| guide · elbo | seed | return at each evaluation |\n|---|---|---|")
     for i, pair in enumerate(pairs):
-        csv = run_dir(out, env, pair, seed) / "eval.csv"
-        if not csv.exists():
-            continue
-        rows = read_csv(csv)
         guide, elbo = pair.split(":")
-        style = "-" if elbo == "trace" else "--"
-        ax.plot(rows["step"], rows["return_mean"], style, marker="o", ms=3, color=f"C{i}", label=f"{guide} · {elbo}")
-        print(f"| {guide} · {elbo} | " + ", ".join(f"{r:.0f}" for r in rows["return_mean"]) + " |")
+        curves = []
+        for seed in seeds:
+            csv = run_dir(out, env, pair, seed) / "eval.csv"
+            if csv.exists():
+                rows = read_csv(csv)
+                curves.append(rows["return_mean"])
+                print(f"| {guide} · {elbo} | {seed} | " + ", ".join(f"{r:.0f}" for r in rows["return_mean"]) + " |")
+                ax.plot(rows["step"], rows["return_mean"], color=f"C{i}", lw=0.6, alpha=0.4)
+        if curves:
+            n = min(len(c) for c in curves)
+            mean = np.mean([c[:n] for c in curves], axis=0)
+            style = "-" if elbo == "trace" else "--"
+            ax.plot(rows["step"][:n], mean, style, marker="o", ms=3, color=f"C{i}", label=f"{guide} · {elbo}")
     ax.set_xlabel("environment steps")
     ax.set_ylabel("evaluation return (mode action)")
-    ax.set_title(f"{env}: guides × divergences (seed {seed})", fontsize=10)
+    ax.set_title(f"{env}: guides × divergences (mean of seeds {', '.join(map(str, seeds))})", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -87,14 +98,15 @@ def main() -> None:
     parser.add_argument("--env", default="InvertedPendulum-v5")
     parser.add_argument("--pairs", nargs="+", default=list(DEFAULT_PAIRS), help="guide:elbo pairs")
     parser.add_argument("--steps", type=int, default=8000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", type=Path, default=Path("runs/guide_curves"))
     parser.add_argument("--plot", type=Path, default=Path("docs/img/guides_learning_curves.png"))
     parser.add_argument("--plot-only", action="store_true")
     args = parser.parse_args()
     if not args.plot_only:
-        run_pairs(args.env, args.pairs, args.steps, args.seed, args.out)
-    plot(args.env, args.pairs, args.seed, args.out, args.plot)
+        for seed in args.seeds:
+            run_pairs(args.env, args.pairs, args.steps, seed, args.out)
+    plot(args.env, args.pairs, args.seeds, args.out, args.plot)
 
 
 if __name__ == "__main__":

@@ -240,6 +240,10 @@ def run(
     return results
 
 
+def _nats(x: float) -> str:
+    return f"{x:.3f}".replace("-0.000", "0.000")  # round-off below the quadrature's precision
+
+
 def format_table(results: dict[tuple[str, str, str], tuple[float, float]]) -> str:
     """One markdown table per problem: rows = guides, columns = divergences, cells = KL(q‖p) / KL(p‖q)."""
     out = []
@@ -251,7 +255,7 @@ def format_table(results: dict[tuple[str, str, str], tuple[float, float]]) -> st
         out.append("| guide | " + " | ".join(es) + " |")
         out.append("|---" * (len(es) + 1) + "|")
         for g in gs:
-            cells = [f"{results[pname, g, e][0]:.3f} / {results[pname, g, e][1]:.3f}" for e in es]
+            cells = [" / ".join(_nats(x) for x in results[pname, g, e]) for e in es]
             out.append(f"| {g} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
@@ -294,7 +298,7 @@ def plot_problem(problem: Problem, fitted: dict, results: dict, path: Path) -> P
                     points[:, 0].reshape(n, n), points[:, 1].reshape(n, n), log_p.exp().reshape(n, n),
                     levels=4, colors="k", linewidths=0.6,
                 )  # fmt: skip
-            ax.set_title(f"{g} · {e}\nKL(q‖p) {rev:.3f}  KL(p‖q) {fwd:.3f}", fontsize=7)
+            ax.set_title(f"{g} · {e}\nKL(q‖p) {_nats(rev)}  KL(p‖q) {_nats(fwd)}", fontsize=7)
             ax.tick_params(labelsize=6)
     axes[0, 0].legend(fontsize=6) if problem.dim == 1 or problem.discrete else None
     fig.suptitle(f"{problem.name}: {problem.description}", fontsize=8 if len(es) > 2 else 6)

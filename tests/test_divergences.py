@@ -188,8 +188,9 @@ def test_tail_adaptive_ranks_particles_per_state_and_reports_the_elbo():
     d = guide.distribution(states)
     a = d.rsample((k,))
     log_w = quadratic_q(states, a) - BOX.log_volume - d.log_prob(a)  # (particles, states)
-    rank = log_w.detach().argsort(0).argsort(0).float() + 1
-    gamma = rank**beta
+    tail = (log_w.detach()[None, :, :] >= log_w.detach()[:, None, :]).float().mean(1)  # F̄(w_k) = #{j: w_j ≥ w_k}/K
+    gamma = tail**beta  # Wang et al. (2018), Alg. 1
+    assert torch.equal(gamma.argmax(0), log_w.argmax(0))  # β < 0: the largest weight counts most
     (-((gamma * log_w).sum(0) / gamma.sum(0)).sum()).backward()
     assert math.isfinite(loss) and loss == pytest.approx(-log_w.mean(0).sum().item(), rel=1e-5)
     assert all(torch.allclose(g, p.grad, atol=1e-5) for g, p in zip(grads, guide.parameters()))

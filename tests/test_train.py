@@ -126,10 +126,10 @@ def test_cli_train_then_evaluate(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_short_run_learns_inverted_pendulum(tmp_path):
-    """Return rises well above a random policy (≈ 5-10) within a few thousand steps."""
+def test_short_run_learns_pendulum(tmp_path):
+    """Swing-up return rises from a random policy's (≈ −1200 to −1600) to well above it within 5000 steps."""
     cfg = Config(
-        env="InvertedPendulum-v5",
+        env="Pendulum-v1",
         total_steps=5000,
         warmup_steps=500,
         hidden=(64, 64),
@@ -140,7 +140,7 @@ def test_short_run_learns_inverted_pendulum(tmp_path):
         tensorboard=False,
         run_dir=tmp_path,
     )
-    result = train(cfg)
+    train(cfg)
     returns = read_csv(tmp_path / "eval.csv")["return_mean"]
     print("eval returns:", returns)
-    assert result.best_eval_return > 200 and returns[-1] > 5 * returns[0]
+    assert returns[-1] > returns[0] + 500 and returns[-1] > -700

@@ -400,3 +400,15 @@ def test_pseudo_likelihood_prefers_a_lottery_that_virel_declines():
     assert weights[risky].sum() / weights.sum() > 0.99  # ≈ (0.1 e^10 + 0.9) / (0.1 e^10 + 0.9 + e^2)
     q = torch.where(risky, 1.0, 2.0)  # E[r | a]
     assert torch.softmax(q / eps, 0)[risky].sum() < 0.3  # VIREL's posterior mass on the lottery
+
+
+def test_each_mpo_preset_has_its_own_old_policy_period_unless_given():
+    box = ActionBox([-3.0], [3.0])
+    periods = {
+        (algo, given): VirelAgent(4, box, Config(algo=algo, hidden=(8,), old_policy_period=given))
+        .extras["old_policy"]
+        .period
+        for algo in ("mpo", "mpo_np")
+        for given in (None, 0)
+    }
+    assert periods == {("mpo", None): 1000, ("mpo_np", None): 100, ("mpo", 0): 0, ("mpo_np", 0): 0}

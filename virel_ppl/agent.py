@@ -108,7 +108,7 @@ VARIANTS: dict[str, Variant] = {
     "mpo": Variant(
         virel_model,
         prior=lambda agent: agent.extras["old_policy"].distribution,
-        extras=lambda agent: {"old_policy": variants.old_policy(agent)},
+        extras=lambda agent: {"old_policy": variants.old_policy(agent, period=1000)},
         after_update=_step_old_policy,
         description="MPO (VIREL App. G): prior π_old, so the ELBO is E[Q]/ε − KL(π_θ‖π_old); π_old follows π_θ slowly.",
     ),
@@ -117,7 +117,10 @@ VARIANTS: dict[str, Variant] = {
         prior=lambda agent: agent.extras["old_policy"].distribution,
         eps_rule=lambda agent: agent.extras["mpo"].epsilon_rule,
         loss=lambda agent: agent.extras["mpo"],
-        extras=lambda agent: {"old_policy": variants.old_policy(agent), "mpo": variants.nonparametric_mpo(agent)},
+        extras=lambda agent: {
+            "old_policy": variants.old_policy(agent, period=100),
+            "mpo": variants.nonparametric_mpo(agent),
+        },
         after_update=_mpo_np_update,
         description="Classic MPO: MPO's model, but importance-weighted ML (η and KL bound by duals) in place of SVI.",
     ),

@@ -36,7 +36,7 @@ class Config:
     tail_adaptive: 8)."""
     renyi_alpha: float = 0.5
     """Order α ≠ 1 of --elbo renyi (α = 0: the IWAE bound; α → 1: the ELBO)."""
-    total_steps: int = 20_000
+    total_steps: int = 15_000
     """Environment steps of the whole run."""
     warmup_steps: int = 1_000
     """Uniformly random actions before learning starts."""
@@ -60,8 +60,9 @@ class Config:
     """Fixed temperature ε = α of ``virel`` (and the entropy weight of soft targets)."""
     beta_scale: float | None = None
     """λ of the ``beta`` rule ε = λ·TD-MSE; None uses (1 − γ)/r_avg from the batch (Humanoid: 4e-4)."""
-    old_policy_period: int = 100
-    """mpo, mpo_np: copy π_θ into the old policy π_old (the prior) every this many updates; 0 uses old_policy_tau."""
+    old_policy_period: int | None = None
+    """mpo, mpo_np: copy π_θ into the old policy π_old (the prior) every this many updates; 0 uses old_policy_tau;
+    None takes the preset's own (mpo 1000, mpo_np 100)."""
     old_policy_tau: float = 0.005
     """mpo, mpo_np with old_policy_period 0: Polyak rate of π_old ← (1 − τ) π_old + τ π_θ."""
     target_entropy: float | None = None
@@ -88,8 +89,9 @@ class Config:
     """Seed of networks, replay sampling, environment and warm-up actions."""
     device: str = "cpu"
     """Torch device: cpu or cuda."""
-    threads: int | None = None
-    """torch intra-op threads; None keeps torch's default."""
+    threads: int | None = 1
+    """torch intra-op threads (None: torch's default). One is fastest for 256-wide networks on a 2-core machine and
+    never oversubscribes it; see docs/results.md."""
     run_dir: Path | None = None
     """Where logs, plots and checkpoints go; None makes runs/<env>__<algo>__<seed>__<time>."""
     tensorboard: bool = True
@@ -136,7 +138,7 @@ class Config:
         for name in ("policy_lr", "critic_lr", "alpha", "updates_per_step"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}.")
-        if self.old_policy_period < 0 or not 0.0 < self.old_policy_tau <= 1.0:
+        if (self.old_policy_period or 0) < 0 or not 0.0 < self.old_policy_tau <= 1.0:
             raise ValueError(
                 f"--old-policy-period must be >= 0 and --old-policy-tau in (0, 1], got {self.old_policy_period} "
                 f"and {self.old_policy_tau}."

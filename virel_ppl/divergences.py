@@ -23,9 +23,11 @@ ELBO), enumeration with a continuous guide.
 Two estimators are subclasses of Pyro's, for the E-step's ``poutine.scale(ε/N)``: Pyro's ``RenyiELBO`` forms
 its importance weights from *scaled* log-densities, so a scale c turns order α into 1 − c(1 − α) (c = ε/N ≈ 0.004
 makes it the ELBO); :class:`ScaledRenyiELBO` forms the weights unscaled and scales only the objective.
-Pyro's ``TraceTailAdaptive_ELBO`` ranks the particles by the joint weight of the whole batch and reports an
-infinite loss; :class:`ScaledTailAdaptiveELBO` ranks them per state (the posterior factorises over states)
-and reports the ELBO of the same particles.
+Pyro's ``TraceTailAdaptive_ELBO`` pairs particles with the wrong ranks (pyro-ppl/pyro#3170: it uses the sorting
+permutation, not its inverse, and ranks in ascending order, which weights the *smallest* importance weights
+most), ranks by the joint weight of the whole batch and reports an infinite loss; :class:`ScaledTailAdaptiveELBO`
+follows Wang et al. (2018, Alg. 1): per state, γ_i = F̄(w_i)^β with F̄ the empirical tail probability, and it
+reports the ELBO of the same particles.
 """
 
 from __future__ import annotations
@@ -117,9 +119,11 @@ class ScaledRenyiELBO(RenyiELBO):
 class ScaledTailAdaptiveELBO(TraceTailAdaptive_ELBO):
     """Tail-adaptive f-divergence (Wang, Liu & Liu, 2018) with the particles ranked *per state*.
 
-    For each state s, the K reparameterised particles are ranked by their weight w_sk = p(a_sk, O|s)/q(a_sk|s)
-    and the gradient is −Σ_k γ_sk ∇log w_sk / Σ_k γ_sk with γ_sk = rank_sk^β (β = ``tail_adaptive_beta`` < 0
-    puts the weight on the particles of large w: mass-covering). Ranks ignore ``poutine.scale``; the gradient
+    For each state s, the K reparameterised particles a_sk have weights w_sk = p(a_sk, O|s)/q(a_sk|s); the
+    gradient is −Σ_k γ_sk ∇log w_sk / Σ_k γ_sk with γ_sk = F̄(w_sk)^β, F̄(t) = #{j: w_sj ≥ t}/K the empirical
+    tail probability, i.e. γ ∝ (rank from the largest weight)^β. β = ``tail_adaptive_beta`` = −1 (the paper's
+    choice) weights the largest w most — mass-covering, like Rényi with α < 1 but with bounded weights.
+    Ranks ignore ``poutine.scale``; the gradient
     and the reported loss carry it. The reported loss is the plain ELBO of the same particles (the tail-adaptive
     divergence has no cheap value), so it can be logged and checked for NaN like the others.
     """
@@ -144,8 +148,9 @@ class ScaledTailAdaptiveELBO(TraceTailAdaptive_ELBO):
                 if site["type"] == "sample":
                     log_pq = log_pq + sign * torch_sum(site["log_prob"], sum_dims)
         log_pq = torch.as_tensor(log_pq).reshape(self.num_particles, -1)  # (particles, states)
-        rank = log_pq.detach().argsort(0).argsort(0).to(log_pq.dtype) + 1.0  # 1 = smallest weight
-        gamma = rank.pow(self.tail_adaptive_beta)
+        # K·F̄(w) = #{j: w_j ≥ w} = rank counted from the largest weight (1 = largest)
+        tail_count = (-log_pq.detach()).argsort(0).argsort(0).to(log_pq.dtype) + 1.0
+        gamma = tail_count.pow(self.tail_adaptive_beta)
         per_state = (log_pq * gamma).sum(0) / gamma.sum(0)
         # Trace_ELBO divides both by num_particles: the loss is the particle-mean ELBO, the gradient ∇Σ_s per_state
         return -log_pq.detach().sum().item(), -self.num_particles * per_state.sum()
@@ -314,8 +319,8 @@ def check_elbo(elbo: ELBO, guide: PolicyGuide) -> ELBO:
     elif isinstance(elbo, TraceTailAdaptive_ELBO):
         if not isinstance(elbo, ScaledTailAdaptiveELBO):
             raise ValueError(
-                "pyro.infer.TraceTailAdaptive_ELBO reports an infinite loss (which the E-step rejects) and ranks "
-                "particles over the whole batch; use virel_ppl.divergences.ScaledTailAdaptiveELBO(num_particles)."
+                "pyro.infer.TraceTailAdaptive_ELBO reports an infinite loss (which the E-step rejects) and mis-ranks "
+                "its particles (pyro-ppl/pyro#3170); use virel_ppl.divergences.ScaledTailAdaptiveELBO(num_particles)."
             )
         if not elbo.vectorize_particles:
             raise ValueError("TraceTailAdaptive_ELBO needs vectorize_particles=True.")

@@ -74,9 +74,13 @@ class OldPolicy:
         self.updates = state["updates"]
 
 
-def old_policy(agent: VirelAgent) -> OldPolicy:
-    """The agent's π_old, built from its config (``old_policy_period``, ``old_policy_tau``)."""
-    return OldPolicy(agent.policy, agent.config.old_policy_period, agent.config.old_policy_tau)
+def old_policy(agent: VirelAgent, period: int) -> OldPolicy:
+    """The agent's π_old: ``--old-policy-period`` (or the preset's ``period`` when that is None) and
+    ``--old-policy-tau``."""
+    cfg = agent.config
+    return OldPolicy(
+        agent.policy, period if cfg.old_policy_period is None else cfg.old_policy_period, cfg.old_policy_tau
+    )
 
 
 # --- SAC: the temperature tuned to a target entropy -------------------------------------------------------------
