@@ -86,11 +86,6 @@ def _sac_auto_update(agent: VirelAgent, batch: Batch) -> dict:
     return agent.extras["alpha"].update(agent.policy, batch.obs)
 
 
-def _mpo_np_update(agent: VirelAgent, batch: Batch) -> dict:
-    agent.extras["old_policy"].step()
-    return agent.extras["mpo"].last
-
-
 VARIANTS: dict[str, Variant] = {
     "virel": _virel,
     "virel1": _virel,
@@ -121,7 +116,7 @@ VARIANTS: dict[str, Variant] = {
             "old_policy": variants.old_policy(agent, period=100),
             "mpo": variants.nonparametric_mpo(agent),
         },
-        after_update=_mpo_np_update,
+        after_update=variants.nonparametric_mpo_after_update,
         description="Classic MPO: MPO's model, but importance-weighted ML (η and KL bound by duals) in place of SVI.",
     ),
     "sac": Variant(

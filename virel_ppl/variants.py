@@ -232,14 +232,11 @@ class NonparametricMPO:
             )
         new = guide_trace.nodes["a"]["fn"]
         log_pi = new.log_prob(actions)  # log π_θ(a_j|s), differentiable in θ
-        try:
-            kl = kl_divergence(old, new)[0].mean()
-        except NotImplementedError:
-            kl = (old.log_prob(actions) - log_pi).mean()
+        kl = policy_kl(old, new, actions, log_pi)
         lagrange = self.log_lagrange.detach().exp()
         loss = -(weights * log_pi).sum(0).mean() + lagrange * kl
         self._dual_step(q, kl.detach())
-        self.last = {"mpo/kl": kl.detach(), "mpo/lagrange": lagrange, "mpo/eta": self.log_eta.detach().exp()}
+        self.last = {"mpo/lagrange": lagrange, "mpo/eta": self.log_eta.detach().exp()}
         return loss
 
     def _dual_step(self, q: torch.Tensor, kl: torch.Tensor) -> None:
@@ -264,6 +261,28 @@ class NonparametricMPO:
             self.log_eta.copy_(state["log_eta"])
             self.log_lagrange.copy_(state["log_lagrange"])
         self.optim.load_state_dict(state["optim"])
+
+
+def policy_kl(
+    old: Distribution, new: Distribution, samples: torch.Tensor, new_log_prob: torch.Tensor | None = None
+) -> torch.Tensor:
+    """KL(π_old ‖ π_θ) averaged over states: analytic where torch knows it, else from ``samples`` of π_old
+    (shape ``(M, N, action_dim)``, with ``old``/``new`` batched as ``(M, N)``)."""
+    try:
+        return kl_divergence(old, new)[0].mean()
+    except NotImplementedError:
+        log_new = new.log_prob(samples) if new_log_prob is None else new_log_prob
+        return (old.log_prob(samples) - log_new).mean()
+
+
+def nonparametric_mpo_after_update(agent: VirelAgent, batch: Batch) -> dict[str, torch.Tensor]:
+    """After an ``mpo_np`` update: log KL(π_old ‖ π_θ) as it stands after the step, then π_old's slow update."""
+    old_policy = agent.extras["old_policy"]
+    with torch.no_grad():
+        old = old_policy.distribution(batch.obs).expand([2, batch.obs.shape[0]])
+        kl = policy_kl(old, agent.policy.distribution(batch.obs).expand(old.batch_shape), old.sample())
+    old_policy.step()
+    return {"mpo/kl": kl, **agent.extras["mpo"].last}
 
 
 def nonparametric_mpo(agent: VirelAgent) -> NonparametricMPO:
