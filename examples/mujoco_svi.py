@@ -3,6 +3,7 @@
     python examples/mujoco_svi.py                                   # InvertedPendulum-v5, a few minutes on CPU
     python examples/mujoco_svi.py --env HalfCheetah-v5 --total-steps 1000000   # paper scale
     python examples/mujoco_svi.py --algo beta --seed 3 --device cuda
+    python examples/mujoco_svi.py --algo mpo --guide mixture --elbo renyi           # model, guide, divergence
     python examples/mujoco_svi.py --resume runs/<run>                # continue after Ctrl-C
     virel_ppl evaluate runs/<run> --video                           # returns (and a GIF) from a checkpoint
 
