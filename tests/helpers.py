@@ -5,6 +5,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+#: Config fields for short CPU training runs in tests: small networks, no progress bar, no TensorBoard, one thread.
+TINY = dict(
+    hidden=(32, 32),
+    batch_size=32,
+    warmup_steps=100,
+    eval_every=200,
+    eval_episodes=1,
+    log_every=50,
+    checkpoint_every=10_000,
+    progress=False,
+    tensorboard=False,
+    threads=1,
+)
+
 
 class QuadraticQ(nn.Module):
     """Q(s, a) = w · (−Σ_i (a_i − c_i)²) + s·u: a critic with a known maximiser c, and parameters to freeze."""

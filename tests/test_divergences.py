@@ -7,6 +7,7 @@ import math
 import sys
 from pathlib import Path
 
+import helpers
 import pyro
 import pyro.poutine as poutine
 import pytest
@@ -40,18 +41,7 @@ from virel_ppl.train import Trainer, train
 torch.set_num_threads(1)
 
 BOX = ActionBox([-1.0], [1.0])
-TINY = dict(
-    hidden=(16,),
-    batch_size=16,
-    warmup_steps=100,
-    eval_every=150,
-    eval_episodes=1,
-    log_every=50,
-    checkpoint_every=10_000,
-    progress=False,
-    tensorboard=False,
-    threads=1,
-)
+TINY = {**helpers.TINY, "hidden": (16,), "batch_size": 16, "eval_every": 150}
 
 
 def _known_answer():

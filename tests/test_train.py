@@ -5,6 +5,7 @@ import signal
 from dataclasses import replace
 
 import gymnasium as gym
+import helpers
 import numpy as np
 import pytest
 import torch
@@ -14,18 +15,7 @@ from virel_ppl.config import Config
 from virel_ppl.logger import read_csv
 from virel_ppl.train import Trainer, train
 
-TINY = dict(
-    hidden=(32, 32),
-    batch_size=32,
-    warmup_steps=100,
-    eval_every=200,
-    eval_episodes=2,
-    log_every=50,
-    checkpoint_every=10_000,
-    progress=False,
-    tensorboard=False,
-    threads=1,
-)
+TINY = {**helpers.TINY, "eval_episodes": 2}
 
 
 class NaNRewardEnv(gym.Env):

@@ -3,6 +3,7 @@
 import math
 from dataclasses import replace
 
+import helpers
 import pyro
 import pyro.optim
 import pytest
@@ -272,19 +273,7 @@ def test_pseudo_likelihood_objective_is_return_weighted_log_likelihood_and_ml_ma
 
 # --- the registry: every preset trains, resumes exactly, and the trainer never knows which ----------------------
 
-TINY = dict(
-    env="InvertedPendulum-v5",
-    hidden=(32, 32),
-    batch_size=32,
-    warmup_steps=100,
-    eval_every=250,
-    eval_episodes=1,
-    log_every=50,
-    checkpoint_every=10_000,
-    progress=False,
-    tensorboard=False,
-    threads=1,
-)
+TINY = {**helpers.TINY, "env": "InvertedPendulum-v5", "eval_every": 250}
 
 
 @pytest.mark.parametrize("algo", sorted(set(VARIANTS) - {"mpo_np", "sac_auto", "virel1"}))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,7 +161,10 @@ def final_return_table(curves: Sequence[Curve], ci: float = 0.95, n_boot: int = 
     IQM and its bootstrap CI."""
     rows = []
     for c in curves:
-        summary = az.summary({"final_return": c.final[None, :]}, kind="stats", hdi_prob=c.hdi_prob, round_to="none")
+        with warnings.catch_warnings():
+            if len(c.final) == 1:  # one seed: no spread to estimate; numpy would warn about ddof
+                warnings.simplefilter("ignore", RuntimeWarning)
+            summary = az.summary({"final_return": c.final[None, :]}, kind="stats", hdi_prob=c.hdi_prob, round_to="none")
         stats = summary.loc["final_return"]
         lo_col, hi_col = (col for col in summary.columns if col.startswith("hdi_"))
         sd = float(stats["sd"]) if len(c.final) > 1 else 0.0
