@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from virel_ppl.cli import main
-from virel_ppl.config import Config
+from virel_ppl.config import Config, ConfigError, SpaceError
 from virel_ppl.logger import read_csv
 from virel_ppl.train import Trainer, train
 
@@ -36,21 +36,38 @@ gym.register("NaNReward-v0", entry_point=NaNRewardEnv, max_episode_steps=50)
 @pytest.mark.parametrize(
     "overrides, error, match",
     [
-        (dict(env="HalfCheetah-v9"), ValueError, "Did you mean HalfCheetah-v5"),
-        (dict(env="CartPole-v1"), TypeError, "continuous Box"),
-        (dict(total_steps=0), ValueError, "--total-steps must be a positive integer"),
-        (dict(warmup_steps=-5), ValueError, "--warmup-steps"),
-        (dict(batch_size=512, buffer_size=100), ValueError, "larger than --buffer-size"),
-        (dict(algo="virl"), ValueError, "Unknown algo 'virl'.*Did you mean virel"),
-        (dict(guide="tanh"), ValueError, "Unknown guide"),
-        (dict(elbo="nope"), ValueError, "Unknown elbo"),
-        (dict(gamma=1.0), ValueError, "--gamma"),
-        (dict(alpha=0.0), ValueError, "--alpha must be > 0"),
+        (dict(env="HalfCheetah-v9"), ConfigError, "Did you mean HalfCheetah-v5"),
+        (dict(env="CartPole-v1"), SpaceError, "continuous Box"),
+        (dict(total_steps=0), ConfigError, "--total-steps must be a positive integer"),
+        (dict(warmup_steps=-5), ConfigError, "--warmup-steps"),
+        (dict(batch_size=512, buffer_size=100), ConfigError, "larger than --buffer-size"),
+        (dict(algo="virl"), ConfigError, "Unknown algo 'virl'.*Did you mean virel"),
+        (dict(guide="tanh"), ConfigError, "Unknown guide"),
+        (dict(elbo="nope"), ConfigError, "Unknown elbo"),
+        (dict(gamma=1.0), ConfigError, "--gamma"),
+        (dict(alpha=0.0), ConfigError, "--alpha must be > 0"),
     ],
 )
 def test_bad_config_is_rejected_before_training(tmp_path, overrides, error, match):
     with pytest.raises(error, match=match):
         Trainer(replace(Config(**TINY), run_dir=tmp_path, **overrides))
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["train", "--env", "HalfCheeta-v5"], "error: Unknown Gymnasium environment 'HalfCheeta-v5'.*HalfCheetah-v5"),
+        (["train", "--env", "CartPole-v1"], "error: TanhNormalGuide needs a continuous Box"),
+        (["train", "--total-steps", "0"], "error: --total-steps must be a positive integer"),
+        (["evaluate", "{tmp}"], "error: No checkpoint.pt in"),
+        (["train", "--resume", "{tmp}"], "error: No checkpoint.pt in"),
+    ],
+)
+def test_command_line_reports_bad_input_as_one_line(tmp_path, capsys, argv, match):
+    with pytest.raises(SystemExit, match=match) as exit_info:
+        main([arg.format(tmp=tmp_path) for arg in argv])
+    assert exit_info.value.code != 0
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_nan_reward_stops_with_a_clear_error(tmp_path):

@@ -13,6 +13,8 @@ from gymnasium import spaces
 from pyro.distributions import constraints
 from torch.distributions.transforms import AffineTransform, TanhTransform
 
+from virel_ppl.config import SpaceError
+
 # Keep tanh pre-images finite: atanh(1 - 1e-6) ≈ 7.25 in float32.
 _UNIT_EDGE = 1e-6
 
@@ -52,14 +54,14 @@ class ActionBox:
 
     @classmethod
     def from_space(cls, space: spaces.Space, device: torch.device | str = "cpu") -> ActionBox:
-        """Build the box of a Gymnasium space; raises ``TypeError`` unless it is a 1-D ``Box``."""
+        """Build the box of a Gymnasium space; raises ``SpaceError`` (a ``TypeError``) unless it is a 1-D ``Box``."""
         if not isinstance(space, spaces.Box):
-            raise TypeError(
+            raise SpaceError(
                 f"ActionBox needs a continuous Box action space, got {space!r}. For Discrete actions use "
                 "DiscreteActions (virel_ppl.envs.make_env does this) and the CategoricalGuide (--guide categorical)."
             )
         if len(space.shape) != 1:
-            raise ValueError(f"Expected a flat Box action space (action_dim,), got shape {space.shape}.")
+            raise SpaceError(f"Expected a flat Box action space (action_dim,), got shape {space.shape}.")
         return cls(space.low, space.high, device=device)
 
     @property

@@ -18,7 +18,7 @@ from pyro.infer.elbo import ELBO
 
 from virel_ppl import variants
 from virel_ppl.actions import ActionBox
-from virel_ppl.config import Config
+from virel_ppl.config import Config, ConfigError
 from virel_ppl.critics import Critic
 from virel_ppl.divergences import ELBOS as ELBOS  # re-exported: estimators by name, see divergences.py
 from virel_ppl.divergences import make_elbo
@@ -147,12 +147,12 @@ VARIANTS: dict[str, Variant] = {
 
 
 def lookup(registry: dict, name: str, what: str):
-    """``registry[name]``, or a ``ValueError`` that lists the choices and suggests close names."""
+    """``registry[name]``, or a ``ConfigError`` that lists the choices and suggests close names."""
     if name in registry:
         return registry[name]
     close = difflib.get_close_matches(name, list(registry), n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(f"Unknown {what} {name!r}; choose from {', '.join(sorted(registry))}.{hint}")
+    raise ConfigError(f"Unknown {what} {name!r}; choose from {', '.join(sorted(registry))}.{hint}")
 
 
 class VirelAgent:

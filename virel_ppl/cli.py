@@ -7,13 +7,29 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
 import tyro
 
-from virel_ppl.config import Config
+from virel_ppl.config import Config, ConfigError
+
+
+def user_errors(command: Callable[..., None]) -> Callable[..., None]:
+    """Print a bad setting or a missing run directory as one ``error:`` line on stderr (exit status 1), not a
+    traceback; anything else still raises with its traceback."""
+
+    @functools.wraps(command)
+    def wrapped(*args, **kwargs) -> None:
+        try:
+            command(*args, **kwargs)
+        except (ConfigError, FileNotFoundError) as err:
+            raise SystemExit(f"error: {err}") from None
+
+    return wrapped
 
 
 @dataclass
@@ -39,6 +55,7 @@ class EvaluateArgs:
     device: str = "cpu"
 
 
+@user_errors
 def run_train(args: TrainArgs) -> None:
     from virel_ppl.train import train
 
@@ -62,6 +79,7 @@ def run_train(args: TrainArgs) -> None:
     )
 
 
+@user_errors
 def run_evaluate(args: EvaluateArgs) -> None:
     from virel_ppl.train import evaluate, load_agent, record_video
 
@@ -119,6 +137,7 @@ class ReportArgs:
     """Seed of the bootstrap."""
 
 
+@user_errors
 def run_diagnose(args: DiagnoseArgs) -> None:
     from virel_ppl.diagnostics import diagnose_run
 
@@ -129,6 +148,7 @@ def run_diagnose(args: DiagnoseArgs) -> None:
     print("\n".join(f"  {name}: {path}" for name, path in paths.items()))
 
 
+@user_errors
 def run_report(args: ReportArgs) -> None:
     from virel_ppl.report import write_report
 

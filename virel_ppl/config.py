@@ -16,6 +16,16 @@ def _task(env_id: str) -> str:
     return env_id.split("-v")[0]
 
 
+class ConfigError(ValueError):
+    """A bad setting or input, named together with what to do about it. The command line prints it without a
+    traceback; in code it is a ``ValueError``."""
+
+
+class SpaceError(ConfigError, TypeError):
+    """An environment space the chosen guide or action set cannot handle (e.g. Discrete where a Box is needed);
+    also a ``TypeError``."""
+
+
 @dataclass
 class Config:
     """A training run: environment, algorithm, networks, optimisation, evaluation and bookkeeping."""
@@ -108,7 +118,7 @@ class Config:
         return self.beta_scale if self.beta_scale is not None else BETA_SCALES.get(_task(self.env))
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming each bad value and what to do about it."""
+        """Raise ``ConfigError`` naming each bad value and what to do about it."""
         positive_ints = {
             "total_steps": self.total_steps,
             "batch_size": self.batch_size,
@@ -120,47 +130,47 @@ class Config:
             "num_particles": 1 if self.num_particles is None else self.num_particles,
         }
         if self.renyi_alpha == 1.0:
-            raise ValueError("--renyi-alpha 1 is the KL divergence: use --elbo trace (Rényi needs α ≠ 1).")
+            raise ConfigError("--renyi-alpha 1 is the KL divergence: use --elbo trace (Rényi needs α ≠ 1).")
         for name, value in positive_ints.items():
             if value <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}.")
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}.")
         if self.warmup_steps < 0:
-            raise ValueError(f"--warmup-steps must be >= 0, got {self.warmup_steps}.")
+            raise ConfigError(f"--warmup-steps must be >= 0, got {self.warmup_steps}.")
         if self.batch_size > self.buffer_size:
-            raise ValueError(
+            raise ConfigError(
                 f"--batch-size {self.batch_size} is larger than --buffer-size {self.buffer_size}; "
                 "make the buffer at least as large as a batch."
             )
         if not 0.0 <= self.gamma < 1.0:
-            raise ValueError(f"--gamma must be in [0, 1), got {self.gamma}.")
+            raise ConfigError(f"--gamma must be in [0, 1), got {self.gamma}.")
         if not 0.0 < self.tau <= 1.0:
-            raise ValueError(f"--tau must be in (0, 1], got {self.tau}.")
+            raise ConfigError(f"--tau must be in (0, 1], got {self.tau}.")
         for name in ("policy_lr", "critic_lr", "alpha", "updates_per_step"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}.")
+                raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}.")
         if (self.old_policy_period or 0) < 0 or not 0.0 < self.old_policy_tau <= 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"--old-policy-period must be >= 0 and --old-policy-tau in (0, 1], got {self.old_policy_period} "
                 f"and {self.old_policy_tau}."
             )
         if self.mpo_num_actions < 2:
-            raise ValueError(f"--mpo-num-actions must be at least 2, got {self.mpo_num_actions}.")
+            raise ConfigError(f"--mpo-num-actions must be at least 2, got {self.mpo_num_actions}.")
         for name in ("mpo_kl_bound", "dual_lr") + (("mpo_eta_bound",) if self.mpo_eta_bound is not None else ()):
             if not getattr(self, name) > 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}.")
+                raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}.")
         if self.beta_scale is not None and not self.beta_scale > 0:
-            raise ValueError(f"--beta-scale must be > 0, got {self.beta_scale}.")
+            raise ConfigError(f"--beta-scale must be > 0, got {self.beta_scale}.")
         if self.reward_scale is not None and not self.reward_scale > 0:
-            raise ValueError(f"--reward-scale must be > 0, got {self.reward_scale}.")
+            raise ConfigError(f"--reward-scale must be > 0, got {self.reward_scale}.")
         if not self.hidden or min(self.hidden) <= 0:
-            raise ValueError(f"--hidden needs positive layer widths, got {self.hidden}.")
+            raise ConfigError(f"--hidden needs positive layer widths, got {self.hidden}.")
         if self.device.startswith("cuda"):
             import torch
 
             if not torch.cuda.is_available():
-                raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu.")
+                raise ConfigError("--device cuda was asked for but torch sees no CUDA device; use --device cpu.")
         elif self.device != "cpu" and not self.device.startswith("mps"):
-            raise ValueError(f"--device must be cpu or cuda[:N], got {self.device!r}.")
+            raise ConfigError(f"--device must be cpu or cuda[:N], got {self.device!r}.")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -53,6 +53,7 @@ from pyro.infer.util import get_dependent_plate_dims, torch_sum
 from torch.distributions.kl import register_kl
 
 from virel_ppl.actions import UniformBox
+from virel_ppl.config import ConfigError
 from virel_ppl.guides import BoxBeta, PolicyGuide
 
 #: Rényi order used when none is given (``Config.renyi_alpha``): mass-covering, between IWAE (0) and KL (1).
@@ -256,7 +257,7 @@ def _lookup(name: str) -> Divergence:
         return DIVERGENCES[name]
     close = difflib.get_close_matches(name, list(DIVERGENCES), n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(f"Unknown elbo {name!r}; choose from {', '.join(sorted(DIVERGENCES))}.{hint}")
+    raise ConfigError(f"Unknown elbo {name!r}; choose from {', '.join(sorted(DIVERGENCES))}.{hint}")
 
 
 def _guide_name(guide: PolicyGuide) -> str:
@@ -266,13 +267,13 @@ def _guide_name(guide: PolicyGuide) -> str:
 def _check_guide(what: str, needs_rsample: bool, needs_discrete: bool, guide: PolicyGuide) -> None:
     discrete = getattr(guide, "discrete", False)
     if needs_discrete and not discrete:
-        raise ValueError(
+        raise ConfigError(
             f"--elbo {what} enumerates a discrete action set, but {_guide_name(guide)} is continuous; "
             "use --elbo trace (or renyi, iwae, tail_adaptive, graph) with a continuous guide."
         )
     if needs_rsample and not getattr(guide, "has_rsample", True):
         alternatives = "--elbo enum (exact enumeration) or --elbo graph" if discrete else "--elbo graph"
-        raise ValueError(
+        raise ConfigError(
             f"--elbo {what} needs reparameterised samples (rsample), but {_guide_name(guide)} cannot "
             f"reparameterise its actions. Use {alternatives} (TraceGraph_ELBO: score-function gradients)."
         )
@@ -285,9 +286,9 @@ def _check_particles(what: str, n: int, low: int, high: int | None) -> None:
             "iwae": "with one particle the importance-weighted bound is exactly the ELBO (use --elbo trace)",
             "tail_adaptive": "its weights rank particles against each other; one particle is Trace_ELBO",
         }.get(what, "")
-        raise ValueError(f"--elbo {what} needs --num-particles >= {low} (e.g. 8), got {n}: {reason}.")
+        raise ConfigError(f"--elbo {what} needs --num-particles >= {low} (e.g. 8), got {n}: {reason}.")
     if high is not None and n > high:
-        raise ValueError(
+        raise ConfigError(
             f"--elbo {what} is exact (a sum over every action), so more particles change nothing; "
             f"use --num-particles {high} (or leave it unset), got {n}."
         )
@@ -353,5 +354,5 @@ def make_elbo(
     _check_guide(elbo, spec.needs_rsample, spec.needs_discrete, guide)
     _check_particles(elbo, n, spec.min_particles, spec.max_particles)
     if elbo == "renyi" and renyi_alpha == 1.0:
-        raise ValueError("--renyi-alpha 1 is the KL divergence: use --elbo trace (Rényi needs α ≠ 1).")
+        raise ConfigError("--renyi-alpha 1 is the KL divergence: use --elbo trace (Rényi needs α ≠ 1).")
     return spec.build(n, renyi_alpha)

@@ -11,6 +11,7 @@ import numpy as np
 from gymnasium import spaces
 
 from virel_ppl.actions import ActionBox, DiscreteActions
+from virel_ppl.config import ConfigError
 
 
 def check_env_id(env_id: str) -> None:
@@ -19,7 +20,7 @@ def check_env_id(env_id: str) -> None:
         return
     close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(f"Unknown Gymnasium environment {env_id!r}.{hint}")
+    raise ConfigError(f"Unknown Gymnasium environment {env_id!r}.{hint}")
 
 
 def make_env(env_id: str, seed: int | None = None, **kwargs) -> gym.Env:
@@ -41,7 +42,7 @@ def check_spaces(env: gym.Env) -> ActionBox | DiscreteActions:
     """Validate the observation (flat Box) and action (bounded Box, or one-hot) spaces; return the action set."""
     obs_space = env.observation_space
     if not isinstance(obs_space, spaces.Box) or len(obs_space.shape) != 1:
-        raise ValueError(
+        raise ConfigError(
             f"virel_ppl expects a flat Box observation space, got {obs_space!r}; "
             "flatten it with gymnasium.wrappers.FlattenObservation."
         )

@@ -40,6 +40,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from virel_ppl.actions import ActionBox, DiscreteActions, SafeTanhTransform, TanhNormal
+from virel_ppl.config import SpaceError
 from virel_ppl.models import check_states
 from virel_ppl.nets import mlp
 
@@ -82,9 +83,9 @@ class PolicyGuide(nn.Module):
         return box.clip(action) if box is not None else action
 
     def _require_box(self, box: Actions) -> ActionBox:
-        """``box`` when it is a continuous :class:`ActionBox`; ``TypeError`` with the fix otherwise."""
+        """``box`` when it is a continuous :class:`ActionBox`; ``SpaceError`` (a ``TypeError``) otherwise."""
         if not isinstance(box, ActionBox):
-            raise TypeError(
+            raise SpaceError(
                 f"{type(self).__name__} needs a continuous Box action space, got {box!r}. "
                 "For a Discrete action space use --guide categorical (CategoricalGuide)."
             )
@@ -92,15 +93,16 @@ class PolicyGuide(nn.Module):
 
 
 def check_guide_fits(policy: PolicyGuide, actions: Actions) -> None:
-    """Raise ``TypeError`` when a guide and an action space do not go together (continuous vs discrete)."""
+    """Raise ``SpaceError`` (a ``TypeError``) when a guide and an action space do not go together (continuous
+    vs discrete)."""
     discrete_space = isinstance(actions, DiscreteActions)
     if getattr(policy, "discrete", False) and not discrete_space:
-        raise TypeError(
+        raise SpaceError(
             f"{type(policy).__name__} is a guide over a Discrete action space, but the task has a continuous "
             f"Box action space {actions!r}; use a continuous guide ({', '.join(CONTINUOUS_GUIDES)})."
         )
     if discrete_space and not getattr(policy, "discrete", False):
-        raise TypeError(
+        raise SpaceError(
             f"{type(policy).__name__} needs a continuous Box action space, but the task's actions are "
             f"{actions!r}; use --guide categorical (CategoricalGuide)."
         )
@@ -462,7 +464,7 @@ class CategoricalGuide(PolicyGuide):
     def __init__(self, obs_dim: int, box: DiscreteActions, hidden: Sequence[int] = (256, 256)) -> None:
         super().__init__()
         if not isinstance(box, DiscreteActions):
-            raise TypeError(
+            raise SpaceError(
                 f"CategoricalGuide needs a Discrete action space, got {box!r}; for a continuous Box use "
                 f"--guide {' or '.join(CONTINUOUS_GUIDES)}."
             )
