@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from virel_ppl.config import ConfigError
 from virel_ppl.em import Batch
 
 
@@ -51,12 +52,13 @@ class ReplayBuffer:
 
     def state_dict(self) -> dict:
         n = self.size
+        # copies, not views: torch.save writes a view's whole storage, i.e. the full preallocated capacity
         return {
-            "obs": self.obs[:n].cpu(),
-            "actions": self.actions[:n].cpu(),
-            "rewards": self.rewards[:n].cpu(),
-            "next_obs": self.next_obs[:n].cpu(),
-            "terminated": self.terminated[:n].cpu(),
+            "obs": self.obs[:n].to("cpu", copy=True),
+            "actions": self.actions[:n].to("cpu", copy=True),
+            "rewards": self.rewards[:n].to("cpu", copy=True),
+            "next_obs": self.next_obs[:n].to("cpu", copy=True),
+            "terminated": self.terminated[:n].to("cpu", copy=True),
             "size": self.size,
             "pos": self.pos,
             "generator": self.generator.get_state(),
@@ -65,7 +67,10 @@ class ReplayBuffer:
     def load_state_dict(self, state: dict) -> None:
         n = state["size"]
         if n > self.capacity:
-            raise ValueError(f"Checkpoint holds {n} transitions but the buffer capacity is {self.capacity}.")
+            raise ConfigError(
+                f"Checkpoint holds {n} transitions but the buffer capacity is {self.capacity}; "
+                f"resume with --buffer-size {n} or more."
+            )
         for name in ("obs", "actions", "rewards", "next_obs", "terminated"):
             getattr(self, name)[:n] = state[name].to(self.device)
         self.size, self.pos = n, state["pos"]
