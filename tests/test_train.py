@@ -61,6 +61,11 @@ def test_bad_config_is_rejected_before_training(tmp_path, overrides, error, matc
         (["train", "--total-steps", "0"], "error: --total-steps must be a positive integer"),
         (["evaluate", "{tmp}"], "error: No checkpoint.pt in"),
         (["train", "--resume", "{tmp}"], "error: No checkpoint.pt in"),
+        (
+            ["train", "--env", "NaNReward-v0", "--total-steps", "10", "--warmup-steps", "5", "--batch-size", "4"]
+            + ["--no-progress", "--no-tensorboard", "--run-dir", "{tmp}/run"],
+            "error: NaNReward-v0 returned a non-finite reward",
+        ),
     ],
 )
 def test_command_line_reports_bad_input_as_one_line(tmp_path, capsys, argv, match):

@@ -39,7 +39,7 @@ class ActionBox:
         if low_t.shape != high_t.shape:
             raise ValueError(f"ActionBox: low has shape {tuple(low_t.shape)} but high {tuple(high_t.shape)}.")
         if not (torch.isfinite(low_t).all() and torch.isfinite(high_t).all()):
-            raise ValueError(
+            raise SpaceError(
                 f"ActionBox: the action space must be bounded, got low={low_t.tolist()}, high={high_t.tolist()}. "
                 "VIREL's prior is uniform on the box; wrap the env with gymnasium.wrappers.ClipAction "
                 "or RescaleAction to give it finite bounds."

@@ -17,8 +17,9 @@ def _task(env_id: str) -> str:
 
 
 class ConfigError(ValueError):
-    """A bad setting or input, named together with what to do about it. The command line prints it without a
-    traceback; in code it is a ``ValueError``."""
+    """A bad setting or input (a config value, an environment, NaN from the environment or a diverged critic),
+    named together with what to do about it. The command line prints it without a traceback; in code it is a
+    ``ValueError``."""
 
 
 class SpaceError(ConfigError, TypeError):

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from virel_ppl.actions import ActionBox
 from virel_ppl.agent import VirelAgent, lookup
-from virel_ppl.config import Config
+from virel_ppl.config import Config, ConfigError
 from virel_ppl.diagnostics import replay_states, training_diagnostics
 from virel_ppl.envs import check_spaces, get_env_state, make_env, make_eval_envs, set_env_state
 from virel_ppl.guides import GUIDES
@@ -155,7 +155,7 @@ class Trainer:
             action = self.agent.act(obs_t)[0].cpu().numpy()
         next_obs, reward, terminated, truncated, info = self.env.step(action)
         if not math.isfinite(reward) or not np.isfinite(next_obs).all():
-            raise ValueError(
+            raise ConfigError(
                 f"{cfg.env} returned a non-finite reward ({reward}) or observation at step {self.step}; "
                 "check the environment or its wrappers."
             )
@@ -245,7 +245,7 @@ def _loop(trainer: Trainer, logger: RunLogger, hooks: Sequence[Hook]) -> RunResu
                 if stats and step % cfg.log_every == 0:
                     row = logger.log("train", step, stats)
                     if not all(math.isfinite(v) for v in row.values()):
-                        raise ValueError(
+                        raise ConfigError(
                             f"Non-finite training statistics at step {step}: {row}. The critic diverged: "
                             "lower --critic-lr or --reward-scale."
                         )
