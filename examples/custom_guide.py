@@ -28,7 +28,7 @@ class SharedStdTanhNormal(PolicyGuide):
 
     def __init__(self, obs_dim: int, box: ActionBox, hidden=(64, 64)) -> None:
         super().__init__()
-        self.box = self._require_box(box)  # a clear TypeError on a Discrete task
+        self.box = self._require_box(box)  # a clear SpaceError (TypeError) on a Discrete task
         self.mean = mlp(obs_dim, hidden, box.dim)
         self.log_std = nn.Parameter(torch.full((box.dim,), -0.5))
 
