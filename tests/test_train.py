@@ -68,11 +68,11 @@ def test_bad_config_is_rejected_before_training(tmp_path, overrides, error, matc
         ),
     ],
 )
-def test_command_line_reports_bad_input_as_one_line(tmp_path, capsys, argv, match):
+def test_command_line_reports_bad_input_as_one_line(tmp_path, argv, match):
+    # SystemExit with a message (not the ConfigError itself): Python prints it as one line and exits with 1
     with pytest.raises(SystemExit, match=match) as exit_info:
         main([arg.format(tmp=tmp_path) for arg in argv])
-    assert exit_info.value.code != 0
-    assert "Traceback" not in capsys.readouterr().err
+    assert isinstance(exit_info.value.code, str)
 
 
 def test_nan_reward_stops_with_a_clear_error(tmp_path):
