@@ -8,6 +8,9 @@ import torch
 from virel_ppl.config import ConfigError
 from virel_ppl.em import Batch
 
+#: the per-transition tensors, in ``Batch`` order
+FIELDS = Batch._fields
+
 
 class ReplayBuffer:
     """A ring buffer of (s, a, r, s', terminated) that samples uniform minibatches.
@@ -51,14 +54,9 @@ class ReplayBuffer:
         return Batch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminated[idx])
 
     def state_dict(self) -> dict:
-        n = self.size
         # copies, not views: torch.save writes a view's whole storage, i.e. the full preallocated capacity
         return {
-            "obs": self.obs[:n].to("cpu", copy=True),
-            "actions": self.actions[:n].to("cpu", copy=True),
-            "rewards": self.rewards[:n].to("cpu", copy=True),
-            "next_obs": self.next_obs[:n].to("cpu", copy=True),
-            "terminated": self.terminated[:n].to("cpu", copy=True),
+            **{name: getattr(self, name)[: self.size].to("cpu", copy=True) for name in FIELDS},
             "size": self.size,
             "pos": self.pos,
             "generator": self.generator.get_state(),
@@ -71,7 +69,7 @@ class ReplayBuffer:
                 f"Checkpoint holds {n} transitions but the buffer capacity is {self.capacity}; "
                 f"resume with --buffer-size {n} or more."
             )
-        for name in ("obs", "actions", "rewards", "next_obs", "terminated"):
+        for name in FIELDS:
             getattr(self, name)[:n] = state[name].to(self.device)
         self.size, self.pos = n, state["pos"]
         self.generator.set_state(state["generator"])
