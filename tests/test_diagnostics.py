@@ -3,6 +3,7 @@
 import math
 
 import arviz as az
+import helpers
 import numpy as np
 import pytest
 import torch
@@ -164,20 +165,7 @@ def test_bad_inputs_are_rejected(states):
 def tiny_run(tmp_path_factory):
     torch.set_num_threads(1)
     run_dir = tmp_path_factory.mktemp("run")
-    cfg = Config(
-        env="Pendulum-v1",
-        total_steps=300,
-        warmup_steps=100,
-        hidden=(32, 32),
-        batch_size=32,
-        eval_every=100,
-        eval_episodes=1,
-        checkpoint_every=10_000,
-        alpha=0.5,
-        progress=False,
-        tensorboard=False,
-        run_dir=run_dir,
-    )
+    cfg = Config(**{**helpers.TINY, "eval_every": 100}, env="Pendulum-v1", total_steps=300, alpha=0.5, run_dir=run_dir)
     train(cfg)
     return run_dir
 
