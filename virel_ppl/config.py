@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,29 @@ class ConfigError(ValueError):
     ``ValueError``."""
 
 
+def check_device(device: str) -> None:
+    """Raise ``ConfigError`` unless torch can use ``device`` here (cpu, cuda[:N] or mps)."""
+    import torch
+
+    if device == "cpu":
+        return
+    kind, colon, index = device.partition(":")
+    if kind not in ("cuda", "mps") or (colon and not index.isdigit()):
+        raise ConfigError(f"--device must be cpu, cuda[:N] or mps, got {device!r}.")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device} was asked for but torch sees no CUDA device; use --device cpu.")
+        if int(index or 0) >= torch.cuda.device_count():
+            raise ConfigError(
+                f"--device {device}: torch sees {torch.cuda.device_count()} CUDA device(s), "
+                f"numbered from 0; use --device cuda:0."
+            )
+    elif not torch.backends.mps.is_available():
+        raise ConfigError(
+            f"--device {device} was asked for but torch sees no MPS device (Apple-silicon GPU); use --device cpu."
+        )
+
+
 class SpaceError(ConfigError, TypeError):
     """An environment space the chosen guide or action set cannot handle (e.g. Discrete where a Box is needed);
     also a ``TypeError``."""
@@ -39,9 +63,9 @@ class Config:
     pseudo_likelihood; see docs/variants.md."""
     guide: str = "tanh_normal"
     """Policy family (``virel_ppl.guides.GUIDES``): tanh_normal, gaussian, beta, mixture, flow, categorical."""
-    elbo: str = "trace"
+    elbo: str = "auto"
     """E-step estimator (``virel_ppl.divergences.DIVERGENCES``): trace, meanfield, renyi, iwae, tail_adaptive,
-    graph, enum."""
+    graph, enum; auto (the default) is enum for a discrete guide (--guide categorical) and trace otherwise."""
     num_particles: int | None = None
     """Particles per state in the ELBO estimate (vectorised); None: the estimator's default (1; renyi, iwae,
     tail_adaptive: 8)."""
@@ -50,7 +74,7 @@ class Config:
     total_steps: int = 15_000
     """Environment steps of the whole run."""
     warmup_steps: int = 1_000
-    """Uniformly random actions before learning starts."""
+    """Uniformly random actions before learning starts; updates start at step max(warmup_steps, batch_size)."""
     batch_size: int = 256
     """Transitions per gradient step."""
     buffer_size: int = 1_000_000
@@ -99,7 +123,7 @@ class Config:
     seed: int = 0
     """Seed of networks, replay sampling, environment and warm-up actions."""
     device: str = "cpu"
-    """Torch device: cpu or cuda."""
+    """Torch device: cpu, cuda[:N] or mps (each only where torch sees it)."""
     threads: int | None = 1
     """torch intra-op threads (None: torch's default). One is fastest for 256-wide networks on a 2-core machine and
     never oversubscribes it; see docs/results.md."""
@@ -165,13 +189,35 @@ class Config:
             raise ConfigError(f"--reward-scale must be > 0, got {self.reward_scale}.")
         if not self.hidden or min(self.hidden) <= 0:
             raise ConfigError(f"--hidden needs positive layer widths, got {self.hidden}.")
-        if self.device.startswith("cuda"):
-            import torch
+        check_device(self.device)
+        self._check_updates_happen()
 
-            if not torch.cuda.is_available():
-                raise ConfigError("--device cuda was asked for but torch sees no CUDA device; use --device cpu.")
-        elif self.device != "cpu" and not self.device.startswith("mps"):
-            raise ConfigError(f"--device must be cpu or cuda[:N], got {self.device!r}.")
+    def first_update_step(self) -> int | None:
+        """The environment step of the run's first gradient update, or None when the run ends before it.
+
+        Mirrors ``Trainer.updates_due``: after the step counter reaches ``max(warmup_steps, batch_size)``, every
+        step adds ``updates_per_step`` to a credit and an update is due once the credit reaches 1.
+        """
+        credit = 0.0
+        for step in range(max(self.warmup_steps, self.batch_size, 1), self.total_steps + 1):
+            credit += self.updates_per_step
+            if int(credit) >= 1:
+                return step
+        return None
+
+    def _check_updates_happen(self) -> None:
+        if self.first_update_step() is not None:
+            return
+        start = max(self.warmup_steps, self.batch_size)
+        why = "the replay buffer must hold --warmup-steps and --batch-size transitions"
+        if self.updates_per_step < 1:
+            start += math.ceil(1 / self.updates_per_step) - 1
+            why += f", then --updates-per-step {self.updates_per_step} needs more steps to add up to one update"
+        raise ConfigError(
+            f"No gradient update would happen: --total-steps {self.total_steps} ends before the first update at "
+            f"step {start} ({why}). Raise --total-steps to at least {start}, or lower --warmup-steps "
+            f"({self.warmup_steps}) and --batch-size ({self.batch_size})."
+        )
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

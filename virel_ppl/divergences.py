@@ -15,6 +15,7 @@ graph          KL(q‖p)                                     score function (``T
 enum           KL(q‖p), exact sum over a discrete action   exact (``TraceEnum_ELBO``)            1
 =============  ==========================================  ====================================  =========
 
+``--elbo auto`` (the default) is ``enum`` for a discrete guide and ``trace`` for a continuous one.
 ``make_elbo(name_or_elbo, guide, num_particles)`` builds (or checks) the estimator and raises ``ValueError`` at
 start-up, with what to do instead, for combinations that cannot work: a reparameterised estimator with a guide
 that has no ``rsample``, Rényi/IWAE/tail-adaptive with one particle (Rényi's bound with one particle *is* the
@@ -257,7 +258,7 @@ def _lookup(name: str) -> Divergence:
         return DIVERGENCES[name]
     close = difflib.get_close_matches(name, list(DIVERGENCES), n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise ConfigError(f"Unknown elbo {name!r}; choose from {', '.join(sorted(DIVERGENCES))}.{hint}")
+    raise ConfigError(f"Unknown elbo {name!r}; choose from {', '.join(sorted([*DIVERGENCES, AUTO]))}.{hint}")
 
 
 def _guide_name(guide: PolicyGuide) -> str:
@@ -272,7 +273,11 @@ def _check_guide(what: str, needs_rsample: bool, needs_discrete: bool, guide: Po
             "use --elbo trace (or renyi, iwae, tail_adaptive, graph) with a continuous guide."
         )
     if needs_rsample and not getattr(guide, "has_rsample", True):
-        alternatives = "--elbo enum (exact enumeration) or --elbo graph" if discrete else "--elbo graph"
+        alternatives = (
+            "--elbo enum (exact enumeration; what the default --elbo auto picks) or --elbo graph"
+            if discrete
+            else "--elbo graph"
+        )
         raise ConfigError(
             f"--elbo {what} needs reparameterised samples (rsample), but {_guide_name(guide)} cannot "
             f"reparameterise its actions. Use {alternatives} (TraceGraph_ELBO: score-function gradients)."
@@ -332,13 +337,27 @@ def check_elbo(elbo: ELBO, guide: PolicyGuide) -> ELBO:
     return elbo
 
 
+#: The ``--elbo`` default: :data:`AUTO_ELBOS` picks the estimator from the guide.
+AUTO = "auto"
+#: What ``auto`` resolves to: exact enumeration for a discrete guide, the reparameterised ELBO otherwise.
+AUTO_ELBOS = {"discrete": "enum", "continuous": "trace"}
+
+
+def resolve_elbo_name(name: str, guide: PolicyGuide) -> str:
+    """``name``, or for ``auto`` the estimator that fits ``guide``: enum when it is discrete, else trace."""
+    if name != AUTO:
+        return name
+    return AUTO_ELBOS["discrete" if getattr(guide, "discrete", False) else "continuous"]
+
+
 def make_elbo(
     elbo: str | ELBO, guide: PolicyGuide, num_particles: int | None = None, renyi_alpha: float = DEFAULT_RENYI_ALPHA
 ) -> ELBO:
     """The E-step's estimator: by name (``DIVERGENCES``) or an ``ELBO`` object, checked against ``guide``.
 
     Args:
-        elbo: a name (trace, meanfield, renyi, iwae, tail_adaptive, graph, enum) or an ELBO object.
+        elbo: a name (trace, meanfield, renyi, iwae, tail_adaptive, graph, enum), ``auto`` (enum for a discrete
+            guide, trace otherwise; see :func:`resolve_elbo_name`) or an ELBO object.
         guide: the policy it will train; its ``has_rsample`` and ``discrete`` decide what can work.
         num_particles: particles per state; None takes the estimator's default (1, or 8 for the
             multi-sample ones). Ignored for an ELBO object (it has its own).
@@ -349,10 +368,12 @@ def make_elbo(
     """
     if isinstance(elbo, ELBO):
         return check_elbo(elbo, guide)
-    spec = _lookup(elbo)
+    name = resolve_elbo_name(elbo, guide)
+    what = name if name == elbo else f"{elbo} (here {name})"
+    spec = _lookup(name)
     n = spec.default_particles if num_particles is None else num_particles
-    _check_guide(elbo, spec.needs_rsample, spec.needs_discrete, guide)
-    _check_particles(elbo, n, spec.min_particles, spec.max_particles)
-    if elbo == "renyi" and renyi_alpha == 1.0:
+    _check_guide(what, spec.needs_rsample, spec.needs_discrete, guide)
+    _check_particles(what, n, spec.min_particles, spec.max_particles)
+    if name == "renyi" and renyi_alpha == 1.0:
         raise ConfigError("--renyi-alpha 1 is the KL divergence: use --elbo trace (Rényi needs α ≠ 1).")
     return spec.build(n, renyi_alpha)
