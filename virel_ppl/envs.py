@@ -3,34 +3,98 @@
 from __future__ import annotations
 
 import difflib
+import functools
+import importlib
 import pickle
+import warnings
 
 import gymnasium as gym
 import mujoco
 import numpy as np
 from gymnasium import spaces
+from gymnasium.envs.registration import parse_env_id
 
 from virel_ppl.actions import ActionBox, DiscreteActions
-from virel_ppl.config import ConfigError
+from virel_ppl.config import ConfigError, SpaceError
 
 
 def check_env_id(env_id: str) -> None:
-    """Raise ``ValueError`` for an unknown id, suggesting registered ids that are close."""
+    """Raise ``ConfigError`` for an unknown id, suggesting close ids that can be built here.
+
+    ``module:EnvId`` first imports ``module`` (which registers ``EnvId``), as ``gym.make`` does.
+    """
+    if ":" in env_id:
+        module, env_id = env_id.split(":", 1)
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            raise ConfigError(
+                f"--env {module}:{env_id}: cannot import {module!r} ({err}); it should register {env_id}."
+            ) from None
     if env_id in gym.registry:
         return
-    close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.5)
+    candidates = difflib.get_close_matches(env_id, list(gym.registry), n=8, cutoff=0.5)
+    close = [c for c in candidates if build_error(c) is None][:3]
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ConfigError(f"Unknown Gymnasium environment {env_id!r}.{hint}")
+
+
+@functools.cache
+def build_error(env_id: str) -> Exception | None:
+    """Why ``gym.make(env_id)`` fails here (e.g. a missing dependency), or None when it builds.
+
+    Builds the env once per id (cached), with its warnings silenced: meant for the few ids of a hint.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gym.make(env_id).close()
+    except Exception as err:  # any failure means: do not suggest it
+        return err
+    return None
+
+
+def _missing_dependency(env_id: str, err: Exception) -> str:
+    """One line for an env whose dependency is missing: the package it needs and an id that builds instead."""
+    text = str(err).split(". Environment registration")[0]
+    if "mujoco v2 and v3" in text or getattr(err, "name", None) == "mujoco_py":
+        need = "it needs mujoco-py (MuJoCo's v2 and v3 tasks run on it; they moved to gymnasium-robotics)"
+    elif "mujoco<3" in text:
+        need = f"it needs mujoco<3, but mujoco {mujoco.__version__} is installed"
+    elif isinstance(err, ModuleNotFoundError) and err.name:
+        need = f"it needs the Python package {err.name.split('.')[0]!r} ({text})"
+    else:
+        need = text.rstrip(".")
+    _, name, version = parse_env_id(env_id.split(":")[-1])
+    others = sorted(
+        (spec for spec in gym.registry.values() if spec.name == name and spec.version not in (None, version)),
+        key=lambda spec: -spec.version,
+    )
+    instead = next((spec.id for spec in others if build_error(spec.id) is None), None)
+    return f"Cannot build {env_id} here: {need}." + (f" Use {instead}, which builds here." if instead else "")
+
+
+def _make(env_id: str, **kwargs) -> gym.Env:
+    """``gym.make`` with a missing dependency reported as a ``ConfigError`` naming the package."""
+    with warnings.catch_warnings(record=True) as caught:  # e.g. "out of date": shown only if the env builds
+        try:
+            env = gym.make(env_id, **kwargs)
+        except (ImportError, gym.error.DependencyNotInstalled) as err:
+            raise ConfigError(_missing_dependency(env_id, err)) from err
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    return env
 
 
 def make_env(env_id: str, seed: int | None = None, **kwargs) -> gym.Env:
     """``gym.make(env_id)`` with episode statistics, after checking the id and the spaces.
 
     A ``Discrete`` action space is seen through :class:`OneHotActions` (one-hot action vectors).
-    Raises ``ValueError`` for an unknown id or a non-flat observation, ``TypeError`` for another action space.
+    Raises ``ConfigError`` (a ``ValueError``) for an unknown id, a missing dependency or a non-flat observation,
+    ``SpaceError`` (also a ``TypeError``) for an action space it cannot use.
     """
     check_env_id(env_id)
-    env = gym.wrappers.RecordEpisodeStatistics(one_hot_if_discrete(gym.make(env_id, **kwargs)))
+    env = gym.wrappers.RecordEpisodeStatistics(one_hot_if_discrete(_make(env_id, **kwargs)))
     check_spaces(env)
     if seed is not None:
         env.reset(seed=seed)
@@ -54,7 +118,42 @@ def check_spaces(env: gym.Env) -> ActionBox | DiscreteActions:
 def make_eval_envs(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
     """``num_envs`` copies of the task stepped together, for parallel evaluation episodes."""
     check_env_id(env_id)
-    return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync", wrappers=[one_hot_if_discrete])
+    try:
+        return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync", wrappers=[one_hot_if_discrete])
+    except (ImportError, gym.error.DependencyNotInstalled) as err:
+        raise ConfigError(_missing_dependency(env_id, err)) from err
+
+
+class BoundedActions(gym.ActionWrapper):
+    """Declare finite bounds ``[low, high]`` on an env whose ``Box`` action space is unbounded (±inf).
+
+    VIREL's prior p(a|s) is uniform on the action box, so the box must be finite; this wrapper says which range
+    of actions the policy acts in (``low``/``high``: scalars or arrays of the action shape) and clips the actions
+    it passes on to it. Gymnasium's ``ClipAction`` cannot do this (it leaves the space infinite) and
+    ``RescaleAction`` refuses infinite bounds. From the command line, register the wrapped env in a module of
+    yours and pass ``--env yourmodule:MyTask-bounded-v0``::
+
+        gym.register("MyTask-bounded-v0",
+                     entry_point=lambda **kw: BoundedActions(gym.make("MyTask-v0", **kw), -1.0, 1.0))
+    """
+
+    def __init__(self, env: gym.Env, low: float | np.ndarray, high: float | np.ndarray) -> None:
+        super().__init__(env)
+        space = env.action_space
+        if not isinstance(space, spaces.Box):
+            raise SpaceError(f"BoundedActions needs a Box action space, got {space!r}.")
+        low = np.broadcast_to(np.asarray(low, dtype=space.dtype), space.shape)
+        high = np.broadcast_to(np.asarray(high, dtype=space.dtype), space.shape)
+        if not (np.isfinite(low).all() and np.isfinite(high).all() and (low < high).all()):
+            raise ConfigError(f"BoundedActions needs finite bounds with low < high, got {low} and {high}.")
+        if (low < space.low).any() or (high > space.high).any():
+            raise ConfigError(
+                f"BoundedActions: the bounds [{low}, {high}] reach outside the env's own {space}; keep them inside."
+            )
+        self.action_space = spaces.Box(low, high, dtype=space.dtype)
+
+    def action(self, action: np.ndarray) -> np.ndarray:
+        return np.clip(action, self.action_space.low, self.action_space.high)
 
 
 class OneHot(spaces.Box):
