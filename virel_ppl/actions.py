@@ -41,8 +41,11 @@ class ActionBox:
         if not (torch.isfinite(low_t).all() and torch.isfinite(high_t).all()):
             raise SpaceError(
                 f"ActionBox: the action space must be bounded, got low={low_t.tolist()}, high={high_t.tolist()}. "
-                "VIREL's prior is uniform on the box; wrap the env with gymnasium.wrappers.ClipAction "
-                "or RescaleAction to give it finite bounds."
+                "VIREL's prior is uniform on the box, so declare the range of actions that matters with "
+                "virel_ppl.envs.BoundedActions(env, low, high) (ClipAction keeps the space infinite and "
+                "RescaleAction refuses it); on the command line: gym.register('MyTask-bounded-v0', "
+                "entry_point=lambda **kw: BoundedActions(gym.make('MyTask-v0', **kw), -1.0, 1.0)) in a module "
+                "of yours, then --env yourmodule:MyTask-bounded-v0."
             )
         if not (high_t > low_t).all():
             raise ValueError(

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 import tyro
 
-from virel_ppl.config import Config, ConfigError
+from virel_ppl.config import Config, ConfigError, check_device
 
 
 def user_errors(command: Callable[..., None]) -> Callable[..., None]:
@@ -83,6 +83,9 @@ def run_train(args: TrainArgs) -> None:
 def run_evaluate(args: EvaluateArgs) -> None:
     from virel_ppl.train import evaluate, load_agent, record_video
 
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes must be a positive integer, got {args.episodes}.")
+    check_device(args.device)
     agent, config = load_agent(args.run_dir, args.device)
     returns = evaluate(agent, config.env, args.episodes, seed=args.seed)
     print(

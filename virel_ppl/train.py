@@ -50,17 +50,37 @@ class RunResult:
 
 @torch.no_grad()
 def evaluate(agent: VirelAgent, env_id: str, episodes: int, seed: int) -> np.ndarray:
-    """Returns of ``episodes`` episodes with the guide's mode action, run side by side on a vector env."""
+    """Returns of ``episodes`` episodes with the guide's mode action, run side by side on a vector env.
+
+    Raises ``ConfigError`` when ``episodes`` < 1, or when an action, reward or observation is not finite.
+    """
+    if episodes < 1:
+        raise ConfigError(f"Evaluation needs at least one episode, got {episodes}.")
     envs = make_eval_envs(env_id, episodes)
-    obs, _ = envs.reset(seed=seed)
-    returns = np.zeros(episodes)
-    done = np.zeros(episodes, dtype=bool)
-    while not done.all():
-        action = agent.act(torch.as_tensor(obs, dtype=torch.float32, device=agent.device), deterministic=True)
-        obs, reward, terminated, truncated, _ = envs.step(action.cpu().numpy())
-        returns += np.where(done, 0.0, reward)
-        done |= terminated | truncated  # the first episode of each copy is the one that counts
-    envs.close()
+    try:
+        obs, _ = envs.reset(seed=seed)
+        returns = np.zeros(episodes)
+        done = np.zeros(episodes, dtype=bool)
+        t = 0
+        while not done.all():
+            action = agent.act(torch.as_tensor(obs, dtype=torch.float32, device=agent.device), deterministic=True)
+            action = action.cpu().numpy()
+            if not np.isfinite(action[~done]).all():
+                raise ConfigError(
+                    f"The guide's mode action is not finite at evaluation step {t} (seed {seed}): the networks "
+                    "diverged; lower --policy-lr, --critic-lr or --reward-scale."
+                )
+            obs, reward, terminated, truncated, _ = envs.step(action)
+            if not (np.isfinite(reward[~done]).all() and np.isfinite(obs[~done]).all()):
+                raise ConfigError(
+                    f"{env_id} returned a non-finite reward ({reward[~done].tolist()}) or observation at "
+                    f"evaluation step {t} (seed {seed}); check the environment or its wrappers."
+                )
+            returns += np.where(done, 0.0, reward)
+            done |= terminated | truncated  # the first episode of each copy is the one that counts
+            t += 1
+    finally:
+        envs.close()
     return returns
 
 
