@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,9 +155,16 @@ def run_diagnose(args: DiagnoseArgs) -> None:
 
 @user_errors
 def run_report(args: ReportArgs) -> None:
-    from virel_ppl.report import write_report
+    from virel_ppl.report import ReportWarning, write_report
 
-    path = write_report(args.run_dirs, args.out, args.group_by, args.hdi_prob, args.ci, args.n_boot, args.seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ReportWarning)
+        path = write_report(args.run_dirs, args.out, args.group_by, args.hdi_prob, args.ci, args.n_boot, args.seed)
+    for w in caught:  # the report's own warnings as one line each; others as Python shows them
+        if issubclass(w.category, ReportWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
     print(f"report: {path} (plots beside it)")
 
 

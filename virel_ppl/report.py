@@ -13,13 +13,16 @@
   evaluation and the list of runs.
 
 Within a group, curves are compared at the evaluation steps all its runs share; the final return of a run is its
-mean evaluation return at the last shared step.
+mean evaluation return at the last shared step. Two runs of one group with the same seed are not independent
+seeds: the report warns (a :class:`ReportWarning`, and a note in ``report.md``) and says which settings tell them
+apart. A report that fails leaves no output folder behind.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +31,12 @@ from pathlib import Path
 import arviz as az
 import numpy as np
 
+from virel_ppl.config import ConfigError
 from virel_ppl.logger import read_csv
+
+
+class ReportWarning(UserWarning):
+    """Something the reader of a report must know, e.g. two runs of one group with the same seed."""
 
 
 @dataclass
@@ -55,14 +63,15 @@ def load_run(run_dir: Path | str) -> Run:
             raise FileNotFoundError(f"{path} has no {name}: pass directories written by `virel_ppl train`.")
     ev = {k: np.asarray(v) for k, v in read_csv(path / "eval.csv").items()}
     if not ev or len(ev["step"]) == 0:
-        raise ValueError(f"{path / 'eval.csv'} holds no evaluations yet.")
+        raise ConfigError(f"{path / 'eval.csv'} holds no evaluations yet.")
     diag_path = path / "diagnostics.csv"
     diag = {k: np.asarray(v) for k, v in read_csv(diag_path).items()} if diag_path.exists() else None
     return Run(path, json.loads((path / "config.json").read_text()), ev, diag or None)
 
 
 def find_runs(paths: Sequence[Path | str]) -> list[Path]:
-    """Run directories among ``paths``: each path that holds an ``eval.csv``, else its sub-directories that do."""
+    """Run directories among ``paths``: each path that holds an ``eval.csv``, else its sub-directories that do.
+    A directory named twice (e.g. itself and through its parent) is read once."""
     found: list[Path] = []
     for p in map(Path, paths):
         if (p / "eval.csv").exists():
@@ -73,7 +82,10 @@ def find_runs(paths: Sequence[Path | str]) -> list[Path]:
             raise FileNotFoundError(f"{p} is not a directory.")
     if not found:
         raise FileNotFoundError(f"No run directories (with eval.csv) in {', '.join(map(str, paths))}.")
-    return found
+    unique: dict[Path, Path] = {}
+    for p in found:
+        unique.setdefault(p.resolve(), p)
+    return list(unique.values())
 
 
 def group_runs(runs: Sequence[Run], by: Sequence[str] = ("env", "algo")) -> dict[str, list[Run]]:
@@ -82,6 +94,33 @@ def group_runs(runs: Sequence[Run], by: Sequence[str] = ("env", "algo")) -> dict
     for run in runs:
         groups.setdefault(" · ".join(str(run.config.get(k, "?")) for k in by), []).append(run)
     return groups
+
+
+#: Config fields that do not change what a run computes; ignored when telling runs of one seed apart.
+_BOOKKEEPING = {"run_dir", "progress", "tensorboard", "threads", "log_every", "checkpoint_every", "device"}
+
+
+def repeated_seeds(groups: dict[str, list[Run]]) -> list[str]:
+    """One line per seed that two or more runs of a group share, naming the runs and the config fields they differ
+    in (so that ``--group-by`` can separate them); empty when every group's seeds are distinct."""
+    notes = []
+    for label, runs in groups.items():
+        by_seed: dict = {}
+        for run in runs:
+            by_seed.setdefault(json.dumps(run.seed), []).append(run)
+        for same in by_seed.values():
+            if len(same) < 2:
+                continue
+            keys = sorted(set().union(*(r.config for r in same)) - _BOOKKEEPING)
+            differ = [k for k in keys if len({json.dumps(r.config.get(k), sort_keys=True) for r in same}) > 1]
+            why = (
+                f"they differ in {', '.join(differ)}: add {'it' if len(differ) == 1 else 'them'} to --group-by"
+                if differ
+                else "their configs are the same, so they are repeats of one seed, not independent seeds"
+            )
+            paths = ", ".join(str(r.path) for r in same)
+            notes.append(f"{label}: {len(same)} runs have seed {same[0].seed} ({paths}); {why}.")
+    return notes
 
 
 @dataclass
@@ -132,7 +171,7 @@ def learning_curves(groups: dict[str, list[Run]], hdi_prob: float = 0.94) -> lis
     for label, runs in groups.items():
         steps, returns, dropped = _common(runs, "eval", "return_mean")
         if len(steps) == 0:
-            raise ValueError(f"The runs of {label} share no evaluation step: {', '.join(str(r.path) for r in runs)}.")
+            raise ConfigError(f"The runs of {label} share no evaluation step: {', '.join(str(r.path) for r in runs)}.")
         curves.append(Curve(label, list(runs), steps, returns, hdi_over_seeds(returns, hdi_prob), hdi_prob, dropped))
     return curves
 
@@ -157,8 +196,8 @@ def bootstrap_ci(x: np.ndarray, stat=iqm, ci: float = 0.95, n_boot: int = 2000, 
 
 
 def final_return_table(curves: Sequence[Curve], ci: float = 0.95, n_boot: int = 2000, seed: int = 0) -> list[dict]:
-    """One row per group: seeds, final step, ``az.summary`` stats (mean, sd, HDI) of the final returns, median,
-    IQM and its bootstrap CI."""
+    """One row per group: distinct seeds, runs, final step, ``az.summary`` stats (mean, sd, HDI) of the final
+    returns, median, IQM and its bootstrap CI."""
     rows = []
     for c in curves:
         with warnings.catch_warnings():
@@ -171,7 +210,8 @@ def final_return_table(curves: Sequence[Curve], ci: float = 0.95, n_boot: int = 
         rows.append(
             {
                 "group": c.label,
-                "seeds": len(c.runs),
+                "seeds": len({json.dumps(r.seed) for r in c.runs}),
+                "runs": len(c.runs),
                 "step": int(c.steps[-1]),
                 "mean": float(stats["mean"]),
                 "sd": sd,
@@ -291,6 +331,11 @@ def _f(x: float, digits: int = 1) -> str:
     return "nan" if not math.isfinite(x) else f"{x:.{digits}f}"
 
 
+def _seeds(row: dict) -> str:
+    """The seeds cell: the number of distinct seeds, and the number of runs when some share a seed."""
+    return str(row["seeds"]) if row["seeds"] == row["runs"] else f"{row['seeds']} ({row['runs']} runs)"
+
+
 def render_markdown(
     curves: Sequence[Curve],
     final_rows: Sequence[dict],
@@ -299,8 +344,9 @@ def render_markdown(
     ci: float,
     n_boot: int,
     images: dict[str, str],
+    notes: Sequence[str] = (),
 ) -> str:
-    """The report's Markdown text."""
+    """The report's Markdown text; ``notes`` (e.g. from :func:`repeated_seeds`) are listed at the end."""
     hdi_prob = curves[0].hdi_prob
     n_runs = sum(len(c.runs) for c in curves)
     out = [
@@ -324,7 +370,7 @@ def render_markdown(
     ]
     for r in final_rows:
         out.append(
-            f"| {r['group']} | {r['seeds']} | {r['step']} | {_f(r['mean'])} | {_f(r['sd'])} "
+            f"| {r['group']} | {_seeds(r)} | {r['step']} | {_f(r['mean'])} | {_f(r['sd'])} "
             f"| [{_f(r['hdi'][0])}, {_f(r['hdi'][1])}] | {_f(r['median'])} | {_f(r['iqm'])} "
             f"| [{_f(r['iqm_ci'][0])}, {_f(r['iqm_ci'][1])}] |"
         )
@@ -350,7 +396,8 @@ def render_markdown(
     for c in curves:
         for run, final in zip(c.runs, c.final):
             out.append(f"| {c.label} | {run.seed} | {_f(final)} | {len(run.eval['step'])} | `{run.path}` |")
-    notes = [
+    notes = [f"- Repeated seed: {note}" for note in notes]
+    notes += [
         f"- {c.label}: {c.dropped_steps} evaluation(s) not shared by all its runs were left out; "
         f"the final return is taken at step {int(c.steps[-1])}."
         for c in curves
@@ -373,18 +420,29 @@ def write_report(
     """Read the runs in ``run_dirs`` (run directories or folders of them), write plots and ``report.md`` into
     ``out_dir``; returns the path of ``report.md``."""
     if not 0 < hdi_prob < 1 or not 0 < ci < 1:
-        raise ValueError(f"hdi_prob and ci must be in (0, 1), got {hdi_prob} and {ci}.")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+        raise ConfigError(f"--hdi-prob and --ci must be in (0, 1), got {hdi_prob} and {ci}.")
     groups = group_runs([load_run(p) for p in find_runs(run_dirs)], by)
+    repeats = repeated_seeds(groups)
+    for note in repeats:
+        warnings.warn(note, ReportWarning, stacklevel=2)
     curves = learning_curves(groups, hdi_prob)
-    images = {"learning_curves": plot_learning_curves(curves, out / "learning_curves.png").name}
-    diag_png = plot_training_diagnostics(curves, out / "diagnostics.png")
-    if diag_png is not None:
-        images["diagnostics"] = diag_png.name
-    text = render_markdown(
-        curves, final_return_table(curves, ci, n_boot, seed), diagnostics_table(groups), by, ci, n_boot, images
-    )
-    path = out / "report.md"
-    path.write_text(text)
+    final_rows, diag_rows = final_return_table(curves, ci, n_boot, seed), diagnostics_table(groups)
+    out = Path(out_dir)
+    new = out  # the outermost folder this call creates: removed again if writing fails
+    while not new.parent.exists():
+        new = new.parent
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        images = {"learning_curves": plot_learning_curves(curves, out / "learning_curves.png").name}
+        diag_png = plot_training_diagnostics(curves, out / "diagnostics.png")
+        if diag_png is not None:
+            images["diagnostics"] = diag_png.name
+        text = render_markdown(curves, final_rows, diag_rows, by, ci, n_boot, images, repeats)
+        path = out / "report.md"
+        path.write_text(text)
+    except BaseException:
+        if created:
+            shutil.rmtree(new, ignore_errors=True)
+        raise
     return path
