@@ -109,3 +109,37 @@ def test_cli_report_and_clear_errors(runs_root, tmp_path, capsys):
         find_runs([tmp_path / "cli"])
     with pytest.raises(ValueError, match="hdi_prob"):
         write_report([runs_root], out, hdi_prob=1.5)
+
+
+def test_cli_report_warns_about_runs_of_one_group_with_the_same_seed(tmp_path, capsys):
+    root = tmp_path / "runs"
+    root.mkdir()
+    fake_run(root, "a", "virel", 0, [0, 1, 2])
+    repeat = fake_run(root, "b", "virel", 0, [0, 3, 4])  # seed 0 again
+    fake_run(root, "c", "virel", 1, [0, 5, 6])
+    out = tmp_path / "out"
+    main(["report", str(root), "--out", str(out), "--n-boot", "100"])
+    err = capsys.readouterr().err
+    assert f"warning: Fake-v0 · virel: 2 runs have seed 0 ({root / 'a'}, {repeat})" in err
+    assert "repeats of one seed, not independent seeds" in err
+    md = (out / "report.md").read_text()
+    assert "| Fake-v0 · virel | 2 (3 runs) | 300 | 4.0 |" in md  # 2 distinct seeds; mean of 2, 4, 6
+    assert "- Repeated seed: Fake-v0 · virel: 2 runs have seed 0" in md
+    # runs of one seed that differ in a setting: the warning names it, and grouping by it silences the warning
+    config = json.loads((repeat / "config.json").read_text())
+    (repeat / "config.json").write_text(json.dumps({**config, "alpha": 0.5}))
+    main(["report", str(root), "--out", str(out), "--n-boot", "100"])
+    assert "they differ in alpha: add it to --group-by" in capsys.readouterr().err
+    main(["report", str(root), "--out", str(out), "--n-boot", "100", "--group-by", "env", "algo", "alpha"])
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_a_failed_report_is_one_line_and_leaves_no_output_folder(tmp_path):
+    out = tmp_path / "new" / "report"
+    with pytest.raises(SystemExit, match="error: .*missing is not a directory"):
+        main(["report", str(tmp_path / "missing"), "--out", str(out)])
+    assert not (tmp_path / "new").exists()
+    empty = fake_run(tmp_path, "empty", "virel", 0, [], steps=())
+    with pytest.raises(SystemExit, match="error: .*holds no evaluations yet"):
+        main(["report", str(empty), "--out", str(out)])
+    assert not (tmp_path / "new").exists()

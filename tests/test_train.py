@@ -76,7 +76,7 @@ def test_command_line_reports_bad_input_as_one_line(tmp_path, argv, match):
 
 
 def test_nan_reward_stops_with_a_clear_error(tmp_path):
-    cfg = Config(env="NaNReward-v0", total_steps=10, run_dir=tmp_path, **TINY)
+    cfg = Config(env="NaNReward-v0", total_steps=10, run_dir=tmp_path, **{**TINY, "warmup_steps": 5, "batch_size": 4})
     with pytest.raises(ValueError, match="non-finite reward"):
         train(cfg)
 

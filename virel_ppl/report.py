@@ -420,7 +420,7 @@ def write_report(
     """Read the runs in ``run_dirs`` (run directories or folders of them), write plots and ``report.md`` into
     ``out_dir``; returns the path of ``report.md``."""
     if not 0 < hdi_prob < 1 or not 0 < ci < 1:
-        raise ConfigError(f"--hdi-prob and --ci must be in (0, 1), got {hdi_prob} and {ci}.")
+        raise ConfigError(f"hdi_prob (--hdi-prob) and ci (--ci) must be in (0, 1), got {hdi_prob} and {ci}.")
     groups = group_runs([load_run(p) for p in find_runs(run_dirs)], by)
     repeats = repeated_seeds(groups)
     for note in repeats:
