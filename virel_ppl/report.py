@@ -107,7 +107,8 @@ def repeated_seeds(groups: dict[str, list[Run]]) -> list[str]:
     for label, runs in groups.items():
         by_seed: dict = {}
         for run in runs:
-            by_seed.setdefault(json.dumps(run.seed), []).append(run)
+            if "seed" in run.config:
+                by_seed.setdefault(json.dumps(run.seed), []).append(run)
         for same in by_seed.values():
             if len(same) < 2:
                 continue
