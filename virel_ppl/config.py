@@ -209,10 +209,11 @@ class Config:
         if self.first_update_step() is not None:
             return
         start = max(self.warmup_steps, self.batch_size)
-        why = "the replay buffer must hold --warmup-steps and --batch-size transitions"
+        why = "updates start at step max(--warmup-steps, --batch-size)"
         if self.updates_per_step < 1:
-            start += math.ceil(1 / self.updates_per_step) - 1
-            why += f", then --updates-per-step {self.updates_per_step} needs more steps to add up to one update"
+            why += f" = {start}, and --updates-per-step {self.updates_per_step} takes more steps to make one"
+            longer = dataclasses.replace(self, total_steps=start + math.ceil(1 / self.updates_per_step) + 1)
+            start = longer.first_update_step()  # as Trainer.updates_due adds it up, float rounding included
         raise ConfigError(
             f"No gradient update would happen: --total-steps {self.total_steps} ends before the first update at "
             f"step {start} ({why}). Raise --total-steps to at least {start}, or lower --warmup-steps "
