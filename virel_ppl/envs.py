@@ -65,9 +65,13 @@ def _missing_dependency(env_id: str, err: Exception) -> str:
         need = f"it needs the Python package {err.name.split('.')[0]!r} ({text})"
     else:
         need = text.rstrip(".")
-    _, name, version = parse_env_id(env_id.split(":")[-1])
+    namespace, name, version = parse_env_id(env_id.split(":")[-1])
     others = sorted(
-        (spec for spec in gym.registry.values() if spec.name == name and spec.version not in (None, version)),
+        (
+            spec
+            for spec in gym.registry.values()
+            if (spec.namespace, spec.name) == (namespace, name) and spec.version not in (None, version)
+        ),
         key=lambda spec: -spec.version,
     )
     instead = next((spec.id for spec in others if build_error(spec.id) is None), None)
