@@ -155,15 +155,16 @@ def _first_non_finite(obj: Any, where: str) -> str | None:
     return None
 
 
-def save_checkpoint(state: dict, path: Path) -> Path:
+def save_checkpoint(state: dict, path: Path, keep_previous: bool = True) -> Path:
     """Write ``state`` to ``path`` atomically; an existing ``path`` becomes the previous checkpoint
-    (``checkpoint.pt`` → ``checkpoint.prev.pt``). A failed write raises :class:`CheckpointError` naming the path and
-    leaves every saved checkpoint as it was."""
+    (``checkpoint.pt`` → ``checkpoint.prev.pt``) unless ``keep_previous`` is False (after a fallback, when ``path``
+    is the unreadable one). A failed write raises :class:`CheckpointError` naming the path and leaves every saved
+    checkpoint as it was."""
     path = Path(path)
     tmp = path.with_suffix(".tmp")
     try:
         torch.save(state, tmp)
-        if path.exists():
+        if keep_previous and path.exists():
             os.replace(path, previous_path(path))
         os.replace(tmp, path)  # between the two renames a reader falls back to the previous checkpoint
     except OSError as err:

@@ -137,7 +137,7 @@ def run_train(args: TrainArgs, argv: Sequence[str] | None = None) -> None:
         print(f"{stop}", file=sys.stderr)
         raise SystemExit(128 + signal.SIGINT) from None
     except KeyboardInterrupt:
-        print("Stopped by Ctrl-C before training began or after it ended; nothing new was saved.", file=sys.stderr)
+        print("Stopped by Ctrl-C outside the training loop: this command saved no checkpoint.", file=sys.stderr)
         raise SystemExit(128 + signal.SIGINT) from None
     how = f" by {signal.Signals(result.signal).name}" if result.signal is not None else ""
     state = f"stopped{how} (resume with --resume {result.run_dir})" if result.interrupted else "finished"

@@ -132,6 +132,7 @@ class Trainer:
         self.stop_signal: int | None = None
         self.saved_step: int | None = None  # step of the last checkpoint written or loaded
         self.saving = False
+        self.keep_previous = True  # False after resuming from checkpoint.prev.pt: the latest is unreadable
 
     # --- checkpoints -------------------------------------------------------------------------------------------
 
@@ -181,10 +182,10 @@ class Trainer:
         check_finite(state["agent"], self.step)
         self.saving = True  # a second signal now waits for the write to finish
         try:
-            save_checkpoint(state, path)
+            save_checkpoint(state, path, keep_previous=self.keep_previous)
         finally:
             self.saving = False
-        self.saved_step = self.step
+        self.saved_step, self.keep_previous = self.step, True
         return path
 
     # --- one environment step ----------------------------------------------------------------------------------
@@ -265,6 +266,7 @@ def train(
     trainer = Trainer(config, policy_factory=policy_factory, elbo=elbo)
     if state is not None:
         trainer.load_state_dict(state)
+        trainer.keep_previous = ckpt_path.name == CHECKPOINT  # else the next save replaces the unreadable one
     run_dir = config.run_dir
     prepare_run_dir(run_dir, clean=overwrite)
     try:
@@ -283,8 +285,9 @@ def _loop(trainer: Trainer, logger: RunLogger, hooks: Sequence[Hook]) -> RunResu
     def request_stop(signum, frame):  # first Ctrl-C or SIGTERM: finish this step, checkpoint, stop
         if not trainer.stop_requested:
             trainer.stop_requested, trainer.stop_signal = True, signum
-        elif not trainer.saving:  # a second one: stop now (during a checkpoint write it waits for the write)
+        elif not trainer.saving and trainer.saved_step != trainer.step:  # a second one: stop now, unsaved
             raise StoppedWithoutCheckpoint(run_dir, trainer.step, trainer.saved_step)
+        # (during a checkpoint write, or once this step's checkpoint is written, the run is about to end anyway)
 
     # Signal handlers can only be set from the main thread; elsewhere (e.g. a Tune worker thread) the caller's stay.
     stop_signals = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
@@ -325,15 +328,16 @@ def _loop(trainer: Trainer, logger: RunLogger, hooks: Sequence[Hook]) -> RunResu
                 bar.update(1)
             if trainer.saved_step != trainer.step:
                 trainer.save(ckpt)
+            if (run_dir / "eval.csv").exists():  # still under our handlers: a second Ctrl-C here changes nothing
+                plot_learning_curve(run_dir / "eval.csv", run_dir / "learning_curve.png", f"{cfg.env} — {cfg.algo}")
     finally:
         for signum, handler in old_handlers.items():
             signal.signal(signum, handler)
         bar.close()
         logger.close()
-    if (run_dir / "eval.csv").exists():
-        plot_learning_curve(run_dir / "eval.csv", run_dir / "learning_curve.png", f"{cfg.env} — {cfg.algo}")
+    stopped = trainer.stop_requested and trainer.step < cfg.total_steps  # a signal during the last step's work: done
     return RunResult(
-        run_dir, trainer.step, trainer.last_eval, trainer.best_eval, trainer.stop_requested, trainer.stop_signal
+        run_dir, trainer.step, trainer.last_eval, trainer.best_eval, stopped, trainer.stop_signal if stopped else None
     )
 
 
