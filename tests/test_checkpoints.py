@@ -107,6 +107,35 @@ def test_resume_falls_back_to_the_previous_checkpoint_and_says_how_many_steps_ar
     assert step_of(run_copy / CHECKPOINT) == 160
 
 
+def test_after_a_fallback_the_unreadable_checkpoint_is_replaced_not_kept_as_the_previous_one(run_copy, capsys):
+    (run_copy / CHECKPOINT).write_bytes(b"garbage")
+    main(["train", "--resume", str(run_copy), "--total-steps", "120"])  # from step 80; one checkpoint, at 120
+    assert step_of(run_copy / CHECKPOINT) == 120 and step_of(run_copy / PREVIOUS) == 80
+
+
+def test_evaluate_falls_back_to_the_previous_checkpoint_with_a_warning(run_copy, capsys):
+    (run_copy / CHECKPOINT).write_bytes(b"garbage")
+    main(["evaluate", str(run_copy), "--episodes", "1"])
+    captured = capsys.readouterr()
+    assert "Pendulum-v1 (virel): return" in captured.out
+    assert "warning: " in captured.err and "checkpoint.prev.pt from step 80" in captured.err
+
+
+def test_train_with_a_config_and_resume_applies_only_resumable_fields(run_copy):
+    """What a sweep does on restoring a trial: ``train(config, resume=run_dir)``."""
+    from dataclasses import replace
+
+    from virel_ppl.checkpoints import CheckpointError
+    from virel_ppl.config import Config
+    from virel_ppl.train import train
+
+    config = Config.from_dict(torch.load(run_copy / CHECKPOINT, weights_only=False)["config"])
+    with pytest.raises(CheckpointError, match=r"--critic-lr \(0\.001 → 0\.01\)"):
+        train(replace(config, critic_lr=0.01, total_steps=160), resume=run_copy)
+    result = train(replace(config, total_steps=160, run_dir=None), resume=run_copy)
+    assert result.steps == 160 and not result.interrupted
+
+
 # --- 3. resume: every typed flag applied, changes to the task, algorithm or networks refused ------------------------
 
 
