@@ -135,7 +135,7 @@ def run_train(args: TrainArgs, argv: Sequence[str] | None = None) -> None:
             result = train(args.config, overwrite=args.overwrite)
     except StoppedWithoutCheckpoint as stop:
         print(f"{stop}", file=sys.stderr)
-        raise SystemExit(128 + signal.SIGINT) from None
+        raise SystemExit(128 + stop.signum) from None
     except KeyboardInterrupt:
         print("Stopped by Ctrl-C outside the training loop: this command saved no checkpoint.", file=sys.stderr)
         raise SystemExit(128 + signal.SIGINT) from None

@@ -71,13 +71,15 @@ class StoppedWithoutCheckpoint(KeyboardInterrupt):
     """A second Ctrl-C (or SIGTERM) arrived before the run could finish its step: it stopped at once, and the
     steps since the last checkpoint are not saved."""
 
-    def __init__(self, run_dir: Path, step: int, saved_step: int | None) -> None:
+    def __init__(self, run_dir: Path, step: int, saved_step: int | None, signum: int = signal.SIGINT) -> None:
+        self.signum = signum
         kept = (
             f"{run_dir / CHECKPOINT} from step {saved_step} is intact: --resume {run_dir} continues from there"
             if saved_step is not None
             else "no checkpoint had been written yet"
         )
-        super().__init__(f"Stopped at once at step {step} by a second signal, without writing a checkpoint; {kept}.")
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        super().__init__(f"Stopped at once at step {step} by a second {name}, without writing a checkpoint; {kept}.")
 
 
 @torch.no_grad()
@@ -286,7 +288,7 @@ def _loop(trainer: Trainer, logger: RunLogger, hooks: Sequence[Hook]) -> RunResu
         if not trainer.stop_requested:
             trainer.stop_requested, trainer.stop_signal = True, signum
         elif not trainer.saving and trainer.saved_step != trainer.step:  # a second one: stop now, unsaved
-            raise StoppedWithoutCheckpoint(run_dir, trainer.step, trainer.saved_step)
+            raise StoppedWithoutCheckpoint(run_dir, trainer.step, trainer.saved_step, signum)
         # (during a checkpoint write, or once this step's checkpoint is written, the run is about to end anyway)
 
     # Signal handlers can only be set from the main thread; elsewhere (e.g. a Tune worker thread) the caller's stay.
