@@ -268,6 +268,22 @@ def test_a_checkpoint_write_that_fails_mid_run_is_one_error_line_and_damages_not
     assert step_of(run_dir / CHECKPOINT) == 40 and not (run_dir / "checkpoint.tmp").exists()
 
 
+def test_a_log_write_that_fails_mid_run_is_one_error_line(tmp_path, monkeypatch):
+    import builtins
+
+    from virel_ppl import logger
+
+    def full_disk(path, *args, **kwargs):
+        if str(path).endswith("eval.csv"):
+            raise OSError(28, "No space left on device", str(path))
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(logger, "open", full_disk, raising=False)
+    with pytest.raises(SystemExit, match=r"^error: cannot write .*eval\.csv: No space left on device\.$"):
+        tiny_train(tmp_path / "run")
+    assert step_of(tmp_path / "run" / CHECKPOINT) == 40  # written before the first evaluation, at 60
+
+
 def _poison_optimiser_state(agent):
     """Set Adam's second moments to inf through the agent's state dict: parameters stay finite (the update is
     m/√v = 0), so only a check of the optimiser states can see it."""

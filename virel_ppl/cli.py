@@ -23,9 +23,9 @@ from virel_ppl.config import Config, ConfigError
 
 
 def user_errors(command: Callable[..., None]) -> Callable[..., None]:
-    """Print a bad setting, a missing run directory or an unusable checkpoint as one ``error:`` line on stderr (exit
-    status 1), not a traceback, and a checkpoint fallback as one ``warning:`` line; anything else still raises with
-    its traceback."""
+    """Print a bad setting, a missing run directory, an unusable checkpoint or a file that cannot be written as one
+    ``error:`` line on stderr (exit status 1), not a traceback, and a checkpoint fallback as one ``warning:`` line;
+    anything else still raises with its traceback."""
 
     @functools.wraps(command)
     def wrapped(*args, **kwargs) -> None:
@@ -35,6 +35,10 @@ def user_errors(command: Callable[..., None]) -> Callable[..., None]:
                 command(*args, **kwargs)
             except (ConfigError, FileNotFoundError) as err:
                 raise SystemExit(f"error: {err}") from None
+            except OSError as err:  # a file that cannot be written (full disk, permissions): name it
+                if err.filename is None:
+                    raise
+                raise SystemExit(f"error: cannot write {err.filename}: {err.strerror or err}.") from None
 
     return wrapped
 
