@@ -14,6 +14,7 @@ import arviz as az
 import torch
 import tyro
 
+from virel_ppl.checkpoints import CHECKPOINT, load_agent
 from virel_ppl.cli import DiagnoseArgs
 from virel_ppl.diagnostics import (
     KHAT_BAD,
@@ -23,7 +24,6 @@ from virel_ppl.diagnostics import (
     replay_states,
     rollout_states,
 )
-from virel_ppl.train import CHECKPOINT, load_agent
 
 
 def main(args: DiagnoseArgs) -> None:

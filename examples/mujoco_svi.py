@@ -10,9 +10,11 @@
 Every flag is a field of ``virel_ppl.config.Config``; ``--help`` lists them with their defaults.
 """
 
+import sys
+
 import tyro
 
 from virel_ppl.cli import TrainArgs, run_train
 
 if __name__ == "__main__":
-    run_train(tyro.cli(TrainArgs))
+    run_train(tyro.cli(TrainArgs), sys.argv[1:])

@@ -55,6 +55,9 @@ class ActionBox:
         self.center = (high_t + low_t) / 2
         self.half_range = (high_t - low_t) / 2
 
+    def __repr__(self) -> str:
+        return f"ActionBox(dim={self.dim}, low={self.low.tolist()}, high={self.high.tolist()})"
+
     @classmethod
     def from_space(cls, space: spaces.Space, device: torch.device | str = "cpu") -> ActionBox:
         """Build the box of a Gymnasium space; raises ``SpaceError`` (a ``TypeError``) unless it is a 1-D ``Box``."""

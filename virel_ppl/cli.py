@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import signal
 import sys
+import typing
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import tyro
 
@@ -21,17 +23,36 @@ from virel_ppl.config import Config, ConfigError, check_device
 
 
 def user_errors(command: Callable[..., None]) -> Callable[..., None]:
-    """Print a bad setting or a missing run directory as one ``error:`` line on stderr (exit status 1), not a
-    traceback; anything else still raises with its traceback."""
+    """Print a bad setting, a missing run directory, an unusable checkpoint or a file that cannot be written as one
+    ``error:`` line on stderr (exit status 1), not a traceback, and a checkpoint fallback as one ``warning:`` line;
+    anything else still raises with its traceback."""
 
     @functools.wraps(command)
     def wrapped(*args, **kwargs) -> None:
-        try:
-            command(*args, **kwargs)
-        except (ConfigError, FileNotFoundError) as err:
-            raise SystemExit(f"error: {err}") from None
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            try:
+                command(*args, **kwargs)
+            except (ConfigError, FileNotFoundError) as err:
+                raise SystemExit(f"error: {err}") from None
+            except OSError as err:  # a file that cannot be written (full disk, permissions): name it
+                if err.filename is None:
+                    raise
+                raise SystemExit(f"error: cannot write {err.filename}: {err.strerror or err}.") from None
 
     return wrapped
+
+
+_python_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    from virel_ppl.checkpoints import CheckpointWarning
+
+    if issubclass(category, CheckpointWarning):
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
 
 
 @dataclass
@@ -40,7 +61,11 @@ class TrainArgs:
 
     config: Annotated[Config, tyro.conf.arg(name="")] = field(default_factory=Config)
     resume: Path | None = None
-    """Continue the run saved in this directory; flags that differ from their defaults override its config."""
+    """Continue the run saved in this directory. Every flag given is applied; only --total-steps, --eval-every,
+    --eval-episodes, --log-every, --checkpoint-every, --threads, --[no-]tensorboard and --[no-]progress may change,
+    any other flag must repeat the saved value."""
+    overwrite: bool = False
+    """Start a new run in --run-dir even if it holds one: that run's logs and checkpoints are removed first."""
 
 
 @dataclass
@@ -57,21 +82,69 @@ class EvaluateArgs:
     device: str = "cpu"
 
 
-@user_errors
-def run_train(args: TrainArgs) -> None:
-    from virel_ppl.train import train
+def _other_value(value: Any, hint: Any) -> Any:
+    """A value of type ``hint`` different from ``value`` (for telling typed flags from defaults)."""
+    if value is None:
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        value = {int: 0, float: 0.0, str: "", Path: Path("_")}.get(options[0], None) if options else None
+        return value if value is not None else object()
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value + "_"
+    if isinstance(value, Path):
+        return Path(f"{value}_")
+    if isinstance(value, tuple):
+        return (*value, 1)
+    if isinstance(value, dict):
+        return {**value, "_": 1.0}
+    raise TypeError(f"No other value for {value!r}")
 
-    if args.resume is not None:
-        defaults = Config()
-        overrides = {
-            f.name: getattr(args.config, f.name)
-            for f in dataclasses.fields(Config)
-            if getattr(args.config, f.name) != getattr(defaults, f.name)
-        }
-        result = train(resume=args.resume, overrides=overrides)
-    else:
-        result = train(args.config)
-    state = "stopped (resume with --resume " + str(result.run_dir) + ")" if result.interrupted else "finished"
+
+def typed_config_fields(argv: Sequence[str]) -> set[str]:
+    """The ``Config`` fields whose flags appear in ``argv`` (the arguments of ``train``), including those given
+    their default value: parse twice, once with every default changed; a field is typed where both parses agree."""
+    hints = typing.get_type_hints(Config)
+    shifted = Config(
+        **{f.name: _other_value(getattr(Config(), f.name), hints[f.name]) for f in dataclasses.fields(Config)}
+    )
+    plain = tyro.cli(TrainArgs, args=list(argv))
+    other = tyro.cli(TrainArgs, args=list(argv), default=TrainArgs(config=shifted))
+    return {
+        f.name for f in dataclasses.fields(Config) if getattr(plain.config, f.name) == getattr(other.config, f.name)
+    }
+
+
+@user_errors
+def run_train(args: TrainArgs, argv: Sequence[str] | None = None) -> None:
+    """Run ``virel_ppl train``. ``argv`` (the arguments after ``train``) tells a resume which flags were typed; without
+    it, the fields of ``args.config`` that differ from their defaults count as typed."""
+    from virel_ppl.train import StoppedWithoutCheckpoint, train
+
+    try:
+        if args.resume is not None:
+            if argv is not None:
+                typed = typed_config_fields(argv)
+            else:
+                typed = {
+                    f.name
+                    for f in dataclasses.fields(Config)
+                    if getattr(args.config, f.name) != getattr(Config(), f.name)
+                }
+            overrides = {name: getattr(args.config, name) for name in typed}
+            result = train(resume=args.resume, overrides=overrides, overwrite=args.overwrite)
+        else:
+            result = train(args.config, overwrite=args.overwrite)
+    except StoppedWithoutCheckpoint as stop:
+        print(f"{stop}", file=sys.stderr)
+        raise SystemExit(128 + stop.signum) from None
+    except KeyboardInterrupt:
+        print("Stopped by Ctrl-C outside the training loop: this command saved no checkpoint.", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGINT) from None
+    how = f" by {signal.Signals(result.signal).name}" if result.signal is not None else ""
+    state = f"stopped{how} (resume with --resume {result.run_dir})" if result.interrupted else "finished"
     print(
         f"Run {state} after {result.steps} steps: last eval return {result.final_eval_return:.1f}, "
         f"best {result.best_eval_return:.1f}.\n"
@@ -79,11 +152,14 @@ def run_train(args: TrainArgs) -> None:
         f"  plot:       {result.run_dir}/learning_curve.png\n"
         f"  checkpoint: {result.run_dir}/checkpoint.pt"
     )
+    if result.interrupted:  # non-zero, so that a scheduler sees the run stopped early (130 Ctrl-C, 143 SIGTERM)
+        raise SystemExit(128 + (result.signal or signal.SIGINT))
 
 
 @user_errors
 def run_evaluate(args: EvaluateArgs) -> None:
-    from virel_ppl.train import evaluate, load_agent, record_video
+    from virel_ppl.checkpoints import load_agent
+    from virel_ppl.train import evaluate, record_video
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be a positive integer, got {args.episodes}.")
@@ -170,9 +246,10 @@ def run_report(args: ReportArgs) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     commands = {"train": TrainArgs, "evaluate": EvaluateArgs, "diagnose": DiagnoseArgs, "report": ReportArgs}
+    argv = list(sys.argv[1:] if argv is None else argv)
     cmd = tyro.extras.subcommand_cli_from_dict(commands, args=argv, prog="virel_ppl")
     if isinstance(cmd, TrainArgs):
-        run_train(cmd)
+        run_train(cmd, argv[argv.index("train") + 1 :])
     elif isinstance(cmd, DiagnoseArgs):
         run_diagnose(cmd)
     elif isinstance(cmd, ReportArgs):

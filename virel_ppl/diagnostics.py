@@ -461,15 +461,15 @@ def diagnose_run(
     ``states``: ``"rollout"`` (evenly spaced along an episode of the mode policy) or ``"replay"`` (drawn from the
     checkpoint's replay buffer). ``eps`` defaults to the last ε in ``train.csv``, else ``config.alpha``.
     """
-    from virel_ppl.train import CHECKPOINT, load_agent
+    from virel_ppl.checkpoints import agent_from_state, load_checkpoint
 
     run_dir = Path(run_dir)
-    agent, config = load_agent(run_dir, device)
+    state, path = load_checkpoint(run_dir, map_location=device)
+    agent, config = agent_from_state(state, path, device)
     if states == "rollout":
         s = rollout_states(agent, config.env, num_states, seed=seed)
     elif states == "replay":
-        obs = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)["replay"]["obs"]
-        s = replay_states(obs, num_states, seed)
+        s = replay_states(state["replay"]["obs"].cpu(), num_states, seed)
     else:
         raise ValueError(f"states must be 'rollout' or 'replay', got {states!r}.")
     if eps is None:

@@ -6,6 +6,7 @@ import difflib
 import functools
 import importlib
 import pickle
+import sys
 import warnings
 
 import gymnasium as gym
@@ -16,6 +17,23 @@ from gymnasium.envs.registration import parse_env_id
 
 from virel_ppl.actions import ActionBox, DiscreteActions
 from virel_ppl.config import ConfigError, SpaceError
+
+_ONCE = ("settotalmass",)  # MuJoCo ≥ 3.4 warns at every compile of Gymnasium's HalfCheetah/... XML: say it once
+_shown_once: set[str] = set()
+
+
+def _mujoco_warning(message: str) -> None:
+    """MuJoCo's warning callback: print as MuJoCo does (stderr), but each ``_ONCE`` warning once per process."""
+    key = next((k for k in _ONCE if k in message), None)
+    if key is not None:
+        if key in _shown_once:
+            return
+        _shown_once.add(key)
+    sys.stderr.write(f"WARNING: {message}\n\n")
+
+
+if mujoco.get_mju_user_warning() is None:  # keep a handler someone else installed
+    mujoco.set_mju_user_warning(_mujoco_warning)
 
 
 def check_env_id(env_id: str) -> None:

@@ -3,19 +3,24 @@
 ``train(config)`` runs (or, with ``resume=RUN_DIR``, continues) one run and returns its summary. A run
 directory holds ``config.json``, ``train.csv``, ``eval.csv``, ``diagnostics.csv`` (ε and the guide's PSIS k̂ at
 each evaluation, see ``diagnostics.py``), TensorBoard events, ``learning_curve.png`` and ``checkpoint.pt``.
-Ctrl-C stops at the next step boundary and writes a checkpoint from which ``--resume`` continues exactly as if
-the run had not stopped (on CPU).
+Ctrl-C or SIGTERM stops at the next step boundary and writes a checkpoint from which ``--resume`` continues exactly
+as if the run had not stopped (on CPU); a second Ctrl-C stops at once, without one. Checkpoint files, their rotation
+and the rules of a resume live in ``checkpoints.py``.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import random
 import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +31,18 @@ from tqdm.auto import tqdm
 
 from virel_ppl.actions import ActionBox
 from virel_ppl.agent import VirelAgent, lookup
+from virel_ppl.checkpoints import (
+    CHECKPOINT,
+    CheckpointError,
+    check_finite,
+    guard_run_dir,
+    load_agent,
+    load_checkpoint,
+    prepare_run_dir,
+    resumed_config,
+    save_checkpoint,
+    saved_config,
+)
 from virel_ppl.config import Config, ConfigError
 from virel_ppl.diagnostics import replay_states, training_diagnostics
 from virel_ppl.envs import check_spaces, get_env_state, make_env, make_eval_envs, set_env_state
@@ -33,7 +50,7 @@ from virel_ppl.guides import GUIDES
 from virel_ppl.logger import RunLogger, plot_learning_curve
 from virel_ppl.replay import ReplayBuffer
 
-CHECKPOINT = "checkpoint.pt"
+__all__ = ["CHECKPOINT", "RunResult", "StoppedWithoutCheckpoint", "Trainer", "evaluate", "load_agent", "train"]
 Hook = Callable[["Trainer", int], None]
 
 
@@ -46,6 +63,23 @@ class RunResult:
     final_eval_return: float
     best_eval_return: float
     interrupted: bool
+    signal: int | None = field(default=None)
+    """The signal that stopped the run early (``signal.SIGINT`` or ``signal.SIGTERM``), None if it ran to the end."""
+
+
+class StoppedWithoutCheckpoint(KeyboardInterrupt):
+    """A second Ctrl-C (or SIGTERM) arrived before the run could finish its step: it stopped at once, and the
+    steps since the last checkpoint are not saved."""
+
+    def __init__(self, run_dir: Path, step: int, saved_step: int | None, signum: int = signal.SIGINT) -> None:
+        self.signum = signum
+        kept = (
+            f"{run_dir / CHECKPOINT} from step {saved_step} is intact: --resume {run_dir} continues from there"
+            if saved_step is not None
+            else "no checkpoint had been written yet"
+        )
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        super().__init__(f"Stopped at once at step {step} by a second {name}, without writing a checkpoint; {kept}.")
 
 
 @torch.no_grad()
@@ -117,6 +151,10 @@ class Trainer:
         self.last_eval = float("nan")
         self.best_eval = float("-inf")
         self.stop_requested = False
+        self.stop_signal: int | None = None
+        self.saved_step: int | None = None  # step of the last checkpoint written or loaded
+        self.saving = False
+        self.keep_previous = True  # False after resuming from checkpoint.prev.pt: the latest is unreadable
 
     # --- checkpoints -------------------------------------------------------------------------------------------
 
@@ -156,11 +194,20 @@ class Trainer:
             torch.cuda.set_rng_state_all(rng["cuda"])
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
+        self.saved_step = self.step
 
-    def save(self, path: Path) -> Path:
-        tmp = path.with_suffix(".tmp")
-        torch.save(self.state_dict(), tmp)
-        tmp.replace(path)  # atomic: an interrupted save never leaves a broken checkpoint
+    def save(self, path: Path | None = None) -> Path:
+        """Write the checkpoint (default ``run_dir/checkpoint.pt``; the one it replaces is kept as
+        ``checkpoint.prev.pt``). Refuses (``ConfigError``) to write from an agent holding NaN or inf."""
+        path = Path(path) if path is not None else self.config.run_dir / CHECKPOINT
+        state = self.state_dict()
+        check_finite(state["agent"], self.step)
+        self.saving = True  # a second signal now waits for the write to finish
+        try:
+            save_checkpoint(state, path, keep_previous=self.keep_previous)
+        finally:
+            self.saving = False
+        self.saved_step, self.keep_previous = self.step, True
         return path
 
     # --- one environment step ----------------------------------------------------------------------------------
@@ -209,19 +256,26 @@ def train(
     hooks: Sequence[Hook] = (),
     policy_factory: Callable[[int, ActionBox], torch.nn.Module] | None = None,
     elbo: ELBO | None = None,
+    overwrite: bool = False,
 ) -> RunResult:
-    """Run ``config`` to ``config.total_steps``, or continue the run in ``resume`` (its saved config, with
-    ``overrides`` such as a larger ``total_steps``). ``hooks`` are called as ``hook(trainer, step)`` after
-    every environment step. ``policy_factory(obs_dim, box)`` and ``elbo`` (a Pyro ``ELBO`` object, checked by
-    ``virel_ppl.divergences.make_elbo``) replace ``config.guide`` and ``config.elbo`` with objects from code.
+    """Run ``config`` to ``config.total_steps``, or continue the run in ``resume``. ``hooks`` are called as
+    ``hook(trainer, step)`` after every environment step. ``policy_factory(obs_dim, box)`` and ``elbo`` (a Pyro
+    ``ELBO`` object, checked by ``virel_ppl.divergences.make_elbo``) replace ``config.guide`` and ``config.elbo``
+    with objects from code.
+
+    A resume continues from the saved config; ``config`` (if given) and ``overrides`` may change only the fields
+    in ``checkpoints.RESUMABLE`` (e.g. a larger ``total_steps``), anything else raises ``CheckpointError``. A new run
+    refuses a ``run_dir`` that already holds a run unless ``overwrite`` (which removes that run's files first).
     """
     if resume is not None:
+        if overwrite:
+            raise ConfigError("--overwrite starts a new run; it cannot be combined with --resume.")
         run_dir = Path(resume)
-        ckpt_path = run_dir / CHECKPOINT
-        if not ckpt_path.exists():
-            raise FileNotFoundError(f"No {CHECKPOINT} in {run_dir}: nothing to resume.")
-        state = torch.load(ckpt_path, weights_only=False)
-        config = replace(Config.from_dict(state["config"]), run_dir=run_dir, **(overrides or {}))
+        state, ckpt_path = load_checkpoint(run_dir)
+        saved = saved_config(state, ckpt_path)
+        asked = replace(config if config is not None else saved, run_dir=None)
+        asked = replace(asked, **(overrides or {}))
+        config = resumed_config(saved, asked, run_dir)
     elif config is None:
         raise ValueError("train() needs a config or a run directory to resume.")
     else:
@@ -229,13 +283,19 @@ def train(
         config = replace(config, **(overrides or {}))
         if config.run_dir is None:
             config = replace(config, run_dir=_default_run_dir(config))
+        guard_run_dir(Path(config.run_dir), overwrite)
+    config = replace(config, run_dir=Path(config.run_dir))
     trainer = Trainer(config, policy_factory=policy_factory, elbo=elbo)
     if state is not None:
         trainer.load_state_dict(state)
+        trainer.keep_previous = ckpt_path.name == CHECKPOINT  # else the next save replaces the unreadable one
     run_dir = config.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    logger = RunLogger(run_dir, config.tensorboard, resume_step=trainer.step if state is not None else None)
+    prepare_run_dir(run_dir, clean=overwrite)
+    try:
+        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        logger = RunLogger(run_dir, config.tensorboard, resume_step=trainer.step if state is not None else None)
+    except OSError as err:
+        raise CheckpointError(f"Cannot write to the run directory {run_dir}: {err.strerror or err}.") from None
     return _loop(trainer, logger, hooks)
 
 
@@ -244,12 +304,16 @@ def _loop(trainer: Trainer, logger: RunLogger, hooks: Sequence[Hook]) -> RunResu
     run_dir = cfg.run_dir
     ckpt = run_dir / CHECKPOINT
 
-    def request_stop(signum, frame):  # first Ctrl-C: finish this step, checkpoint, stop
-        if trainer.stop_requested:
-            raise KeyboardInterrupt
-        trainer.stop_requested = True
+    def request_stop(signum, frame):  # first Ctrl-C or SIGTERM: finish this step, checkpoint, stop
+        if not trainer.stop_requested:
+            trainer.stop_requested, trainer.stop_signal = True, signum
+        elif not trainer.saving and trainer.saved_step != trainer.step:  # a second one: stop now, unsaved
+            raise StoppedWithoutCheckpoint(run_dir, trainer.step, trainer.saved_step, signum)
+        # (during a checkpoint write, or once this step's checkpoint is written, the run is about to end anyway)
 
-    old_handler = signal.signal(signal.SIGINT, request_stop)
+    # Signal handlers can only be set from the main thread; elsewhere (e.g. a Tune worker thread) the caller's stay.
+    stop_signals = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+    old_handlers = {signum: signal.signal(signum, request_stop) for signum in stop_signals}
     bar = tqdm(total=cfg.total_steps, initial=trainer.step, disable=not cfg.progress, unit="step", smoothing=0.05)
     stats: dict = {}
     # Pyro's argument checks cost a device sync per distribution; NaN is still caught from the E-step loss.
@@ -284,49 +348,51 @@ def _loop(trainer: Trainer, logger: RunLogger, hooks: Sequence[Hook]) -> RunResu
                 for hook in hooks:
                     hook(trainer, step)
                 bar.update(1)
-            trainer.save(ckpt)
+            if trainer.saved_step != trainer.step:
+                trainer.save(ckpt)
+            if (run_dir / "eval.csv").exists():  # still under our handlers: a second Ctrl-C here changes nothing
+                plot_learning_curve(run_dir / "eval.csv", run_dir / "learning_curve.png", f"{cfg.env} — {cfg.algo}")
     finally:
-        signal.signal(signal.SIGINT, old_handler)
+        for signum, handler in old_handlers.items():
+            signal.signal(signum, handler)
         bar.close()
         logger.close()
-    if (run_dir / "eval.csv").exists():
-        plot_learning_curve(run_dir / "eval.csv", run_dir / "learning_curve.png", f"{cfg.env} — {cfg.algo}")
-    return RunResult(run_dir, trainer.step, trainer.last_eval, trainer.best_eval, trainer.stop_requested)
-
-
-def load_agent(run_dir: Path | str, device: str = "cpu") -> tuple[VirelAgent, Config]:
-    """The agent saved in ``run_dir/checkpoint.pt``, with its config."""
-    ckpt_path = Path(run_dir) / CHECKPOINT
-    if not ckpt_path.exists():
-        raise FileNotFoundError(f"No {CHECKPOINT} in {run_dir}; pass the directory of a training run.")
-    state = torch.load(ckpt_path, map_location=device, weights_only=False)
-    config = replace(Config.from_dict(state["config"]), device=device)
-    env = make_env(config.env)
-    agent = VirelAgent(env.observation_space.shape[0], check_spaces(env).to(device), config)
-    env.close()
-    agent.load_state_dict(state["agent"])
-    return agent, config
+    stopped = trainer.stop_requested and trainer.step < cfg.total_steps  # a signal during the last step's work: done
+    return RunResult(
+        run_dir, trainer.step, trainer.last_eval, trainer.best_eval, stopped, trainer.stop_signal if stopped else None
+    )
 
 
 def record_video(agent: VirelAgent, env_id: str, path: Path, seed: int = 0, max_frames: int = 1000) -> Path:
     """Render one episode with the mode action to an animated GIF.
 
-    Raises ``RuntimeError`` with what to do when MuJoCo cannot render here (no OpenGL/EGL).
+    Raises ``RuntimeError`` naming the cause and its fix when the env cannot render here (MuJoCo without
+    OpenGL/EGL, classic-control tasks without pygame); the env is closed first, so nothing is printed after it.
     """
     import os
 
     os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must be set before the first render
     import imageio.v2 as imageio
 
-    try:
-        env = make_env(env_id, render_mode="rgb_array")
-        obs, _ = env.reset(seed=seed)
-        frames = [env.render()]
-    except Exception as err:  # rendering back-ends fail in many ways: report the cause with the fix
-        raise RuntimeError(
-            f"Cannot render {env_id} here ({type(err).__name__}: {err}). MuJoCo needs OpenGL: install EGL "
-            "(e.g. libegl1) and set MUJOCO_GL=egl, or OSMesa with MUJOCO_GL=osmesa. Returns are still reported."
-        ) from err
+    with _unraisable_silenced():  # a viewer that failed half-way complains in __del__: let it do so here, quietly
+        env = None
+        try:
+            env = make_env(env_id, render_mode="rgb_array")
+            obs, _ = env.reset(seed=seed)
+            frames = [env.render()]
+            message = None
+        except Exception as err:  # rendering back-ends fail in many ways: report the cause with the fix
+            message = _render_failure(env_id, env, err)
+        if message is not None:
+            if env is not None:
+                try:
+                    env.close()
+                except Exception:
+                    pass
+            env = None
+            gc.collect()
+    if message is not None:
+        raise RuntimeError(message)
     done = False
     while not done and len(frames) < max_frames:
         action = agent.act(torch.as_tensor(obs, dtype=torch.float32, device=agent.device)[None], deterministic=True)
@@ -336,3 +402,31 @@ def record_video(agent: VirelAgent, env_id: str, path: Path, seed: int = 0, max_
     env.close()
     imageio.mimsave(path, frames[::2], duration=1 / 30)
     return path
+
+
+def _render_failure(env_id: str, env, err: Exception) -> str:
+    from gymnasium.error import DependencyNotInstalled
+
+    cause = f"{type(err).__name__}: {err}"
+    if isinstance(err, (DependencyNotInstalled, ImportError)):  # e.g. pygame for Pendulum-v1, CartPole-v1
+        missing = getattr(err, "name", None) or ("pygame" if "pygame" in str(err) else None)
+        what = f"{missing} is not installed" if missing else "a rendering package is missing"
+        return f"Cannot render {env_id} here: {what} ({cause}). Returns are still reported."
+    mujoco_task = env is None or hasattr(env.unwrapped, "mujoco_renderer")
+    if mujoco_task:
+        return (
+            f"Cannot render {env_id} here ({cause}). MuJoCo needs OpenGL: install EGL (e.g. libegl1) and set "
+            "MUJOCO_GL=egl, or OSMesa with MUJOCO_GL=osmesa. Returns are still reported."
+        )
+    return f"Cannot render {env_id} here ({cause}). Returns are still reported."
+
+
+@contextmanager
+def _unraisable_silenced():
+    """Drop "Exception ignored in ..." reports (``sys.unraisablehook``) for the duration."""
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        yield
+    finally:
+        sys.unraisablehook = hook

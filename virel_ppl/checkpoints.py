@@ -1,0 +1,329 @@
+"""Checkpoints and run directories: save with rotation, load with a fallback, check a resume, guard a run dir.
+
+A run directory ``D`` holds (besides the logs of ``logger.py``):
+
+- ``D/checkpoint.pt``       the latest checkpoint (:data:`CHECKPOINT`): what ``--resume``, ``evaluate``, ``diagnose``
+                            and a sweep read;
+- ``D/checkpoint.prev.pt``  the one before it (:data:`PREVIOUS`), kept when a new one is written; loading falls back
+                            to it, with a warning saying how many steps are lost, when ``checkpoint.pt`` is missing,
+                            truncated or corrupt;
+- ``D/checkpoint.tmp``      only while a checkpoint is being written (:data:`PARTIAL`): the new file is written here
+                            first and renamed into place, so an interrupted write never damages a saved checkpoint.
+
+A checkpoint is ``torch.save`` of ``Trainer.state_dict()``: a dict with (at least) ``config`` (``Config.to_dict()``),
+``step`` and ``agent``. It is never written from an agent holding NaN or inf (:func:`check_finite`).
+
+On resume only the fields in :data:`RESUMABLE` may change (how long to run, how often to evaluate, log and
+checkpoint, and how the run is shown); every other field fixes the task, the algorithm, the networks or the data
+already in the replay buffer (which holds rewards times ``reward_scale``), and :func:`check_resume` refuses a change.
+
+This module imports nothing from ``train`` or ``diagnostics``: both, the CLI and sweeps use it.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import shutil
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from virel_ppl.config import Config, ConfigError
+
+if TYPE_CHECKING:
+    from virel_ppl.agent import VirelAgent
+
+CHECKPOINT = "checkpoint.pt"
+PREVIOUS = "checkpoint.prev.pt"
+PARTIAL = "checkpoint.tmp"
+
+#: Config fields that a resume may change: the budget, the bookkeeping intervals and how the run is shown.
+RESUMABLE: tuple[str, ...] = (
+    "total_steps",
+    "eval_every",
+    "eval_episodes",
+    "log_every",
+    "checkpoint_every",
+    "threads",
+    "tensorboard",
+    "progress",
+)
+
+#: Files and folders a run writes into its directory (besides ``*.csv``): what ``--overwrite`` removes.
+RUN_FILES = (
+    "config.json",
+    CHECKPOINT,
+    PREVIOUS,
+    PARTIAL,
+    "tb",
+    "learning_curve.png",
+    "video.gif",
+    "posterior",
+)
+
+
+class CheckpointError(ConfigError):
+    """A run directory or checkpoint that cannot be used: unwritable, unreadable, holding another run, or not
+    compatible with the asked-for resume. The command line prints it as one ``error:`` line."""
+
+
+class CheckpointWarning(UserWarning):
+    """Loading fell back to the previous checkpoint (the latest one was missing or unreadable)."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+# --- run directories -----------------------------------------------------------------------------------------------
+
+
+def holds_run(run_dir: Path) -> list[str]:
+    """The names of the run files in ``run_dir`` (empty when it holds no run)."""
+    if not run_dir.is_dir():
+        return []
+    names = [name for name in RUN_FILES if (run_dir / name).exists()]
+    return names + sorted(p.name for p in run_dir.glob("*.csv"))
+
+
+def guard_run_dir(run_dir: Path, overwrite: bool = False) -> None:
+    """Refuse to start a new run in a directory that already holds one, unless ``overwrite``. Changes nothing."""
+    found = holds_run(run_dir)
+    if found and not overwrite:
+        raise CheckpointError(
+            f"{run_dir} already holds a run ({', '.join(found[:4])}{', ...' if len(found) > 4 else ''}): continue "
+            f"it with --resume {run_dir}, choose another --run-dir, or pass --overwrite to replace it."
+        )
+
+
+def prepare_run_dir(run_dir: Path, clean: bool = False) -> None:
+    """Create ``run_dir`` (with ``clean``: first remove an earlier run's files) and check it can be written."""
+    try:
+        if clean:
+            for name in holds_run(run_dir):
+                path = run_dir / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise CheckpointError(f"Cannot write to the run directory {run_dir}: {_reason(err)}.") from None
+
+
+def _reason(err: OSError) -> str:
+    return err.strerror or str(err) or type(err).__name__
+
+
+# --- saving --------------------------------------------------------------------------------------------------------
+
+
+def check_finite(state: Any, step: int, where: str = "agent") -> None:
+    """Raise ``ConfigError`` when a floating tensor in ``state`` (nested dicts/lists, e.g. parameters and optimiser
+    states) holds NaN or inf: a checkpoint is never written from a diverged agent."""
+    bad = _first_non_finite(state, where)
+    if bad is not None:
+        raise ConfigError(
+            f"Non-finite values in {bad} at step {step}: no checkpoint is written from a diverged agent (the last "
+            "good one is kept). The critic diverged: lower --critic-lr or --reward-scale."
+        )
+
+
+def _first_non_finite(obj: Any, where: str) -> str | None:
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() or obj.is_complex():
+            return None if bool(torch.isfinite(obj).all()) else where
+        return None
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else where
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return None
+    for key, value in items:
+        found = _first_non_finite(value, f"{where}[{key!r}]" if not isinstance(key, str) else f"{where}.{key}")
+        if found is not None:
+            return found
+    return None
+
+
+def save_checkpoint(state: dict, path: Path, keep_previous: bool = True) -> Path:
+    """Write ``state`` to ``path`` atomically; an existing ``path`` becomes the previous checkpoint
+    (``checkpoint.pt`` → ``checkpoint.prev.pt``) unless ``keep_previous`` is False (after a fallback, when ``path``
+    is the unreadable one). A failed write raises :class:`CheckpointError` naming the path and leaves every saved
+    checkpoint as it was."""
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    try:
+        torch.save(state, tmp)
+        if keep_previous and path.exists():
+            os.replace(path, previous_path(path))
+        os.replace(tmp, path)  # between the two renames a reader falls back to the previous checkpoint
+    except OSError as err:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise CheckpointError(
+            f"Cannot write the checkpoint {path}: {_reason(err)}. Checkpoints saved before are intact."
+        ) from None
+    return path
+
+
+def previous_path(path: Path) -> Path:
+    """Where the checkpoint before ``path`` is kept: ``checkpoint.pt`` → ``checkpoint.prev.pt``."""
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+# --- loading -------------------------------------------------------------------------------------------------------
+
+
+def _read(path: Path, map_location: str | torch.device | None) -> dict:
+    state = torch.load(path, map_location=map_location, weights_only=False)
+    if not isinstance(state, dict) or not {"config", "step", "agent"} <= set(state):
+        raise ValueError("not a virel_ppl checkpoint")
+    return state
+
+
+def load_checkpoint(run_dir: Path | str, map_location: str | torch.device | None = "cpu") -> tuple[dict, Path]:
+    """The latest readable checkpoint of ``run_dir`` and its path.
+
+    Falls back to ``checkpoint.prev.pt`` when ``checkpoint.pt`` is missing or unreadable, with a
+    :class:`CheckpointWarning` saying how many logged steps are lost. Raises ``FileNotFoundError`` when the
+    directory holds no checkpoint and :class:`CheckpointError` (one line naming the file) when none can be read.
+    """
+    run_dir = Path(run_dir)
+    latest, previous = run_dir / CHECKPOINT, run_dir / PREVIOUS
+    if not latest.exists() and not previous.exists():
+        raise FileNotFoundError(f"No {CHECKPOINT} in {run_dir}; pass the directory of a training run.")
+    problem = "is missing"
+    if latest.exists():
+        try:
+            return _read(latest, map_location), latest
+        except Exception as err:  # truncated zip, pickling errors, foreign files: all mean "unreadable"
+            problem = f"cannot be read ({_describe(err)})"
+            if not previous.exists():
+                raise CheckpointError(
+                    f"{latest} {problem}: it is truncated or corrupt, and there is no earlier checkpoint to fall "
+                    "back on."
+                ) from None
+    try:
+        state = _read(previous, map_location)
+    except Exception as err:
+        raise CheckpointError(
+            f"{latest} {problem} and the previous checkpoint {previous} cannot be read either ({_describe(err)})."
+        ) from None
+    reached = last_logged_step(run_dir)
+    lost = (
+        f"the run had logged up to step {reached}, so {reached - state['step']} steps are lost"
+        if reached is not None and reached > state["step"]
+        else "no logged steps are lost"
+    )
+    warnings.warn(
+        f"{latest} {problem}; using the previous checkpoint {previous} from step {state['step']}: {lost}.",
+        CheckpointWarning,
+        stacklevel=2,
+    )
+    return state, previous
+
+
+def _describe(err: Exception) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def last_logged_step(run_dir: Path) -> int | None:
+    """The largest step in the run's CSV logs (None without logs)."""
+    last = None
+    for path in run_dir.glob("*.csv"):
+        try:
+            with open(path, newline="") as fh:
+                rows = [r for r in csv.reader(fh) if r]
+        except OSError:
+            continue
+        for row in rows[1:]:
+            try:
+                step = int(float(row[0]))
+            except ValueError:
+                continue
+            last = step if last is None else max(last, step)
+    return last
+
+
+def saved_config(state: dict, path: Path) -> Config:
+    """The ``Config`` stored in a checkpoint."""
+    try:
+        return Config.from_dict(state["config"])
+    except (TypeError, KeyError, ValueError) as err:
+        raise CheckpointError(
+            f"{path} holds a config this version cannot read ({_describe(err)}); was it written by another version "
+            "of virel_ppl?"
+        ) from None
+
+
+def load_agent(run_dir: Path | str, device: str = "cpu") -> tuple[VirelAgent, Config]:
+    """The agent saved in ``run_dir`` (``checkpoint.pt``, else ``checkpoint.prev.pt``), with its config."""
+    state, path = load_checkpoint(run_dir, map_location=device)
+    return agent_from_state(state, path, device)
+
+
+def agent_from_state(state: dict, path: Path, device: str = "cpu") -> tuple[VirelAgent, Config]:
+    """Build the agent of a loaded checkpoint (``path`` is named in errors) on ``device``."""
+    from virel_ppl.agent import VirelAgent
+    from virel_ppl.envs import check_spaces, make_env
+
+    config = replace(saved_config(state, path), device=device)
+    env = make_env(config.env)
+    try:
+        agent = VirelAgent(env.observation_space.shape[0], check_spaces(env).to(device), config)
+    finally:
+        env.close()
+    agent.load_state_dict(state["agent"])
+    return agent, config
+
+
+# --- resuming ------------------------------------------------------------------------------------------------------
+
+
+def _comparable(config: Config, name: str) -> Any:
+    if name == "reward_scale":
+        return config.resolved_reward_scale()  # None means the per-task table: compare what the run uses
+    if name == "beta_scale":
+        return config.resolved_beta_scale()
+    return getattr(config, name)
+
+
+def check_resume(saved: Config, asked: Config, run_dir: Path) -> None:
+    """Refuse (one line) a resume whose config ``asked`` changes a field of ``saved`` that is not in
+    :data:`RESUMABLE`. ``run_dir`` is where the run continues; ``asked.run_dir`` must be None or the same."""
+    if asked.run_dir is not None and Path(asked.run_dir).resolve() != Path(run_dir).resolve():
+        raise CheckpointError(
+            f"--run-dir {asked.run_dir} cannot be combined with --resume {run_dir}: a resumed run continues in its "
+            "own directory."
+        )
+    changed = [
+        f"{_flag(f.name)} ({_comparable(saved, f.name)!r} → {_comparable(asked, f.name)!r})"
+        for f in dataclasses.fields(Config)
+        if f.name not in RESUMABLE and f.name != "run_dir" and _comparable(saved, f.name) != _comparable(asked, f.name)
+    ]
+    if changed:
+        raise CheckpointError(
+            f"Cannot resume {run_dir} with a changed {', '.join(changed)}: these fix the task, the algorithm, the "
+            f"networks or the replayed data. On resume only {', '.join(_flag(n) for n in RESUMABLE)} may change; "
+            "start a new run (another --run-dir) for the others."
+        )
+
+
+def resumed_config(saved: Config, asked: Config, run_dir: Path) -> Config:
+    """The config a resume runs with: ``saved`` with the :data:`RESUMABLE` fields of ``asked``, after
+    :func:`check_resume`."""
+    check_resume(saved, asked, run_dir)
+    return replace(saved, run_dir=Path(run_dir), **{name: getattr(asked, name) for name in RESUMABLE})
