@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from virel_ppl.config import Config, ConfigError
+from virel_ppl.config import Config, ConfigError, RunWarning
 
 if TYPE_CHECKING:
     from virel_ppl.agent import VirelAgent
@@ -73,7 +73,7 @@ class CheckpointError(ConfigError):
     compatible with the asked-for resume. The command line prints it as one ``error:`` line."""
 
 
-class CheckpointWarning(UserWarning):
+class CheckpointWarning(RunWarning):
     """Loading fell back to the previous checkpoint (the latest one was missing or unreadable)."""
 
 

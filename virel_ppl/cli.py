@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 import tyro
 
-from virel_ppl.config import Config, ConfigError, check_device
+from virel_ppl.config import Config, ConfigError, RunWarning, check_device
 
 
 def user_errors(command: Callable[..., None]) -> Callable[..., None]:
@@ -30,6 +30,7 @@ def user_errors(command: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(command)
     def wrapped(*args, **kwargs) -> None:
         with warnings.catch_warnings():
+            warnings.simplefilter("always", RunWarning)  # each one, every time: they are about this command
             warnings.showwarning = _show_warning
             try:
                 command(*args, **kwargs)
@@ -47,9 +48,7 @@ _python_showwarning = warnings.showwarning
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    from virel_ppl.checkpoints import CheckpointWarning
-
-    if issubclass(category, CheckpointWarning):
+    if issubclass(category, RunWarning):
         print(f"warning: {message}", file=sys.stderr)
     else:
         _python_showwarning(message, category, filename, lineno, file, line)
@@ -231,16 +230,9 @@ def run_diagnose(args: DiagnoseArgs) -> None:
 
 @user_errors
 def run_report(args: ReportArgs) -> None:
-    from virel_ppl.report import ReportWarning, write_report
+    from virel_ppl.report import write_report
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ReportWarning)
-        path = write_report(args.run_dirs, args.out, args.group_by, args.hdi_prob, args.ci, args.n_boot, args.seed)
-    for w in caught:  # the report's own warnings as one line each; others as Python shows them
-        if issubclass(w.category, ReportWarning):
-            print(f"warning: {w.message}", file=sys.stderr)
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    path = write_report(args.run_dirs, args.out, args.group_by, args.hdi_prob, args.ci, args.n_boot, args.seed)
     print(f"report: {path} (plots beside it)")
 
 

@@ -23,6 +23,11 @@ class ConfigError(ValueError):
     ``ValueError``."""
 
 
+class RunWarning(UserWarning):
+    """Something the user must know that does not stop the command (e.g. a checkpoint fallback, repeated seeds
+    in a report). The command line prints it as one ``warning:`` line; in code it is a ``UserWarning``."""
+
+
 def check_device(device: str) -> None:
     """Raise ``ConfigError`` unless torch can use ``device`` here (cpu, cuda[:N] or mps)."""
     import torch

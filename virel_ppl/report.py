@@ -31,11 +31,11 @@ from pathlib import Path
 import arviz as az
 import numpy as np
 
-from virel_ppl.config import ConfigError
+from virel_ppl.config import ConfigError, RunWarning
 from virel_ppl.logger import read_csv
 
 
-class ReportWarning(UserWarning):
+class ReportWarning(RunWarning):
     """Something the reader of a report must know, e.g. two runs of one group with the same seed."""
 
 
