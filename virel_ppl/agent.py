@@ -7,6 +7,7 @@ which one it runs: it calls :meth:`VirelAgent.update` and :meth:`VirelAgent.act`
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -166,10 +167,18 @@ class NonFiniteRecord:
     def __init__(self, device: torch.device) -> None:
         self.step = torch.full((), -1, dtype=torch.long, device=device)
 
+    @torch.no_grad()
     def record(self, values, step: int) -> None:
-        flat = [torch.as_tensor(v, device=self.step.device).detach().float().reshape(-1) for v in values]
-        finite = torch.cat(flat).isfinite().all()
-        self.step = torch.where((self.step < 0) & ~finite, step, self.step)
+        scalars, others, finite_floats = [], [], True
+        for v in values:
+            if not isinstance(v, torch.Tensor):
+                finite_floats = finite_floats and math.isfinite(v)  # a float (the plain E-step's loss): on the host
+            else:
+                (scalars if v.dim() == 0 else others).append(v)
+        finite = torch.stack(scalars + [v.float().sum() for v in others]).isfinite().all()
+        if not finite_floats:
+            finite = torch.zeros_like(finite)
+        self.step = torch.where(finite | (self.step >= 0), self.step, step)
 
     def first(self) -> int | None:
         step = int(self.step)
