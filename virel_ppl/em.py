@@ -133,7 +133,7 @@ class FastEStep:
         if self.kind == "loss_and_grads":
             warnings.warn(
                 f"{type(loss).__name__} has no differentiable_loss: the fast E-step calls its loss_and_grads "
-                "(as SVI.step does; one host sync per step) and steps one torch Adam.",
+                "(as SVI.step does; its loss is a float, a device sync per step on a GPU) and steps one torch Adam.",
                 RuntimeWarning,
                 stacklevel=2,
             )
