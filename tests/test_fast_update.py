@@ -105,6 +105,25 @@ def test_fast_update_has_the_gradients_of_svi_step(algo, guide, elbo):
         torch.testing.assert_close(fast_params[k], plain_params[k], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("guide, elbo", [("tanh_normal", "trace"), ("gaussian", "meanfield"), ("categorical", "enum")])
+def test_the_gpu_path_without_host_floats_has_the_same_gradients(guide, elbo, monkeypatch):
+    """On a GPU the fast E-step keeps Pyro's per-site floats as tensors (no device sync); forced here on CPU."""
+    plain, _, _ = _run("virel", guide, elbo, fast=False)
+    original = VirelAgent.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.fast_e_step.sync_free = True
+
+    monkeypatch.setattr(VirelAgent, "__init__", init)
+    fast, _, agent = _run("virel", guide, elbo, fast=True)
+    assert agent.fast_e_step.sync_free
+    for (pg, _, ps), (fg, _, fs) in zip(plain, fast, strict=True):
+        for i in pg:
+            torch.testing.assert_close(fg[i], pg[i], rtol=1e-5, atol=1e-6)
+        assert fs["actor/loss"] == pytest.approx(ps["actor/loss"], rel=1e-5)
+
+
 def test_optimiser_state_moves_between_the_fast_and_the_plain_path():
     """Both paths save pyro.optim's format, so a checkpoint of one resumes on the other with the same Adam moments."""
     _, _, fast_agent = _run("virel", "tanh_normal", "trace", fast=True, updates=3)

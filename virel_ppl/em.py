@@ -126,8 +126,17 @@ class FastEStep:
     checkpoint of either path resumes on the other.
     """
 
-    def __init__(self, model: Callable, guide: Callable, loss: ELBO | Callable, lr: float, fused: bool = False):
+    def __init__(
+        self,
+        model: Callable,
+        guide: Callable,
+        loss: ELBO | Callable,
+        lr: float,
+        fused: bool = False,
+        sync_free: bool | None = None,
+    ) -> None:
         self.model, self.guide, self.loss, self.lr, self.fused = model, guide, loss, lr, fused
+        self.sync_free = sync_free  # keep Pyro's per-site floats on the device; None: on any device but the CPU
         self.names: list[str] = []
         self.optim: torch.optim.Adam | None = None
         self._pending: dict | None = None
@@ -146,7 +155,8 @@ class FastEStep:
 
     def _loss_and_backward(self, states: torch.Tensor, kwargs: dict) -> torch.Tensor | float:
         if self.kind == "differentiable_loss":
-            if states.device.type == "cpu":  # floats are free on the host; keep Pyro's code path exactly
+            sync_free = states.device.type != "cpu" if self.sync_free is None else self.sync_free
+            if not sync_free:  # floats are free on the host; keep Pyro's code path exactly
                 loss = self.loss.differentiable_loss(self.model, self.guide, states, **kwargs)
             else:
                 with _no_host_syncs():
