@@ -123,7 +123,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def e_step_costs(args, n: int, blocks: int = 5) -> dict[str, float]:
+def e_step_costs(args, n: int, blocks: int = 9) -> dict[str, float]:
     """ms per E-step (and other parts of an update) on one fixed replay batch; blocks alternate between them."""
     ours = Ours(_config(args))
     agent = ours.trainer.agent
@@ -192,7 +192,7 @@ def main() -> None:
     )
     costs = e_step_costs(args, args.estep_calls)
     base = costs[TORCH_E_STEP]
-    print(f"\n{args.env}, 256-256 networks, batch {args.batch}: ms per call on one replay batch (median of 5 blocks)")
+    print(f"\n{args.env}, 256-256 networks, batch {args.batch}: ms per call on one replay batch (median of 9 alternating blocks)")
     print("| part | ms / call | ratio to plain-torch E-step |\n|---|---|---|")
     for name, sec in costs.items():
         print(f"| {name} | {1000 * sec:.2f} | {sec / base:.2f} |")

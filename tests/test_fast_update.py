@@ -209,3 +209,14 @@ def test_fast_and_plain_training_runs_are_bit_identical(tmp_path):
     for name in plain_rows:  # SVI.step adds the loss's terms as Python floats, differentiable_loss in float32
         expected = pytest.approx(plain_rows[name], rel=1e-6) if name == "actor/loss" else plain_rows[name]
         assert fast_rows[name] == expected, name
+
+
+def test_command_line_names_the_divergence_step_in_one_line(tmp_path):
+    from virel_ppl.cli import main
+
+    argv = ["train", "--env", "VirelTestBlowUp-v0", "--total-steps", "300", "--hidden", "16", "16"]
+    argv += ["--batch-size", "32", "--warmup-steps", "100", "--log-every", "100", "--eval-every", "10000"]
+    argv += ["--no-progress", "--no-tensorboard", "--run-dir", str(tmp_path / "run")]
+    with pytest.raises(SystemExit, match=r"error: The critic diverged: .*NaN/inf at step 1[3-9]\d \(seen at step 200"):
+        main(argv)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()  # checkpoint_every 5000: nothing finite to keep
