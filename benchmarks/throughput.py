@@ -192,7 +192,8 @@ def main() -> None:
     )
     costs = e_step_costs(args, args.estep_calls)
     base = costs[TORCH_E_STEP]
-    print(f"\n{args.env}, 256-256 networks, batch {args.batch}: ms per call on one replay batch (median of 9 alternating blocks)")
+    print(f"\n{args.env}, 256-256 networks, batch {args.batch}: ms per call on one replay batch")
+    print("(median of 9 blocks, alternating between the rows)")
     print("| part | ms / call | ratio to plain-torch E-step |\n|---|---|---|")
     for name, sec in costs.items():
         print(f"| {name} | {1000 * sec:.2f} | {sec / base:.2f} |")
