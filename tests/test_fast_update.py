@@ -220,3 +220,23 @@ def test_command_line_names_the_divergence_step_in_one_line(tmp_path):
     with pytest.raises(SystemExit, match=r"error: The critic diverged: .*NaN/inf at step 1[3-9]\d \(seen at step 200"):
         main(argv)
     assert not (tmp_path / "run" / "checkpoint.pt").exists()  # checkpoint_every 5000: nothing finite to keep
+
+
+def test_a_checkpoint_keeps_the_optimisers_kernel_choice_of_the_running_config():
+    """A checkpoint from before foreach/fused (torch's default single-tensor Adam) loads with the same moments,
+    and the critic's optimiser stays what the running config asks for."""
+    box = ActionBox([-1.0, -2.0], [1.0, 0.5])
+    old = VirelAgent(OBS_DIM, box, Config(hidden=(8, 8)))
+    old.critic_optim = torch.optim.Adam(old.critic.trainable_parameters(), lr=1e-3)  # as checkpoints were written
+    with pyro.validation_enabled(False):
+        old.update(_batch(box))
+    saved = old.state_dict()
+    assert saved["critic_optim"]["param_groups"][0]["foreach"] is None
+    for fused in (False, True):
+        agent = VirelAgent(OBS_DIM, box, Config(hidden=(8, 8), fused_adam=fused))
+        agent.load_state_dict(saved)
+        group = agent.critic_optim.param_groups[0]
+        assert (group["fused"], group["foreach"]) == ((True, None) if fused else (None, True))
+        moments = [s["exp_avg"] for s in agent.critic_optim.state_dict()["state"].values()]
+        expected = [s["exp_avg"] for s in saved["critic_optim"]["state"].values()]
+        assert len(moments) == len(expected) > 0 and all(torch.equal(a, b) for a, b in zip(moments, expected))

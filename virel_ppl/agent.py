@@ -33,6 +33,7 @@ from virel_ppl.em import (
     e_step,
     fixed_epsilon,
     hard_value_target,
+    load_optimizer_state,
     m_step,
     soft_value_target,
 )
@@ -289,7 +290,7 @@ class VirelAgent:
     def load_state_dict(self, state: dict) -> None:
         self.policy.load_state_dict(state["policy"])
         self.critic.load_state_dict(state["critic"])
-        self.critic_optim.load_state_dict(state["critic_optim"])
+        load_optimizer_state(self.critic_optim, state["critic_optim"])
         if self.fast_e_step is not None:
             self.fast_e_step.load_state_dict(state["policy_optim"])
         else:

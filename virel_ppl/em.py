@@ -84,6 +84,14 @@ def adam(params, lr: float, fused: bool = False) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=lr, fused=True) if fused else torch.optim.Adam(params, lr=lr, foreach=True)
 
 
+def load_optimizer_state(optim: torch.optim.Optimizer, state: dict) -> None:
+    """``optim.load_state_dict(state)`` keeping ``optim``'s own kernel choice (foreach/fused): a checkpoint written
+    with another choice (or before there was one) would otherwise switch the optimiser to the saved one."""
+    own = optim.state_dict()["param_groups"]
+    groups = [{**g, "foreach": o.get("foreach"), "fused": o.get("fused")} for g, o in zip(state["param_groups"], own)]
+    optim.load_state_dict({**state, "param_groups": groups})
+
+
 # Pyro's ELBOs turn per-site log-densities into Python floats (``torch_item``) and test the loss for NaN on the
 # host (``warn_if_nan``): one device synchronisation each on a GPU. The fast E-step keeps them as detached
 # tensors instead (same value; the gradient comes from the surrogate either way) and checks for NaN elsewhere.
