@@ -1,123 +1,218 @@
-"""Throughput: environment steps per second with updates, and the cost of Pyro's E-step vs plain torch.
+"""Throughput: env steps/s of training against SB3's SAC, and the cost of Pyro's E-step against plain torch.
 
-    python benchmarks/throughput.py                       # HalfCheetah-v5, 256-256 networks, batch 256
-    python benchmarks/throughput.py --env InvertedPendulum-v5 --steps 300
+    python benchmarks/throughput.py --vs-sb3                        # HalfCheetah-v5, 256-256, batch 256, CPU
+    python benchmarks/throughput.py --vs-sb3 --device cuda --steps 2000
+    python benchmarks/throughput.py --steps 200                     # no SB3: our step and the E-step only
 
-Prints two tables:
-1. env steps/s of the full training step (act + env.step + M-step + E-step + target update) per thread count;
-2. milliseconds per E-step: Pyro SVI with Trace_ELBO and JitTrace_ELBO vs the same loss written as plain
-   torch (E[ε log π − Q] with rsample and torch.optim.Adam), and the M-step for scale.
+Everything runs in one process, one torch thread (``--threads``), on one device, so that both sides see the same
+machine load: the timed environment steps are cut into blocks that alternate between virel_ppl and SB3 (and, for
+the E-step table, between the implementations), and each figure is the median over blocks. Both learners use the
+same task, 256-256 networks, batch 256, learning rate 1e-3, 1,000 warm-up steps (``learning_starts``), one
+gradient update per environment step (``train_freq=1, gradient_steps=1``) and the same device; SB3 keeps its other
+SAC defaults (twin Q with target Q copies, automatic entropy tuning). SB3 is an optional extra:
+``pip install stable-baselines3`` (or ``pip install -e ".[bench]"``).
+
+Prints tables, then (with ``--vs-sb3``) ends with exactly two lines::
+
+    ratio_vs_sb3 X.XX        virel_ppl env steps/s / SB3 SAC env steps/s
+    estep_overhead X.XX      ms of the trainer's E-step (Pyro ELBO) / ms of the same loss in plain torch
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import statistics
 import time
+from dataclasses import replace
 
 import pyro
-import pyro.optim
 import torch
-from pyro.infer import SVI, JitTrace_ELBO
 
 from virel_ppl.config import Config
-from virel_ppl.em import e_step, frozen, m_step
-from virel_ppl.models import virel_model
+from virel_ppl.em import adam, e_step, frozen, m_step
 from virel_ppl.train import Trainer
 
-
-def time_it(fn, n: int, warmup: int = 20) -> float:
-    """Median-free simple timing: mean seconds per call after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    start = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return (time.perf_counter() - start) / n
+WARMUP = 1000
+OURS_E_STEP = "E-step, trainer's (differentiable_loss + one foreach Adam)"
+TORCH_E_STEP = "E-step, plain torch (same loss)"
 
 
-def steps_per_second(env: str, threads: int, steps: int, batch: int) -> float:
-    torch.set_num_threads(threads)
-    cfg = Config(env=env, warmup_steps=1000, batch_size=batch, progress=False, tensorboard=False, threads=threads)
-    trainer = Trainer(cfg)
-    for _ in range(cfg.warmup_steps):
-        trainer.env_step()
-
-    def one_step():
-        trainer.env_step()
-        for _ in range(trainer.updates_due()):
-            trainer.agent.update(trainer.replay.sample(batch))
-
-    return 1.0 / time_it(one_step, steps)
-
-
-def e_step_costs(env: str, threads: int, n: int, batch: int) -> dict[str, float]:
-    torch.set_num_threads(threads)
-    trainer = Trainer(Config(env=env, batch_size=batch, progress=False, tensorboard=False))
-    for _ in range(1000):
-        trainer.env_step()
-    agent = trainer.agent
-    batch_data = trainer.replay.sample(batch)
-    states, eps = batch_data.obs, torch.tensor(agent.config.alpha)
-    prior = agent.prior
-    costs = {}
-
-    def pyro_step(svi):
-        return lambda: agent._pyro_scoped(
-            lambda: e_step(svi, agent.critic, states, eps=eps, q=agent.critic.q, prior=prior)
-        )
-
-    costs["Pyro SVI + Trace_ELBO"] = time_it(pyro_step(agent.svi), n)
-    jit_svi = SVI(
-        virel_model,
-        agent.policy.guide,
-        pyro.optim.Adam({"lr": 3e-4}),
-        JitTrace_ELBO(max_plate_nesting=1, ignore_jit_warnings=True),
+def _config(args, **overrides) -> Config:
+    return Config(
+        env=args.env,
+        hidden=(256, 256),
+        batch_size=args.batch,
+        warmup_steps=WARMUP,
+        policy_lr=1e-3,
+        critic_lr=1e-3,
+        updates_per_step=1.0,
+        device=args.device,
+        threads=args.threads,
+        progress=False,
+        tensorboard=False,
+        **overrides,
     )
-    try:
-        costs["Pyro SVI + JitTrace_ELBO"] = time_it(pyro_step(jit_svi), n)
-    except Exception as err:  # report, don't hide: JIT tracing of closures can fail
-        print(f"JitTrace_ELBO failed: {type(err).__name__}: {str(err).splitlines()[0]}")
-        costs["Pyro SVI + JitTrace_ELBO"] = float("nan")
-    with pyro.validation_enabled(False):
-        costs["Pyro SVI + Trace_ELBO, validation off"] = time_it(pyro_step(agent.svi), n)
-    opt = torch.optim.Adam(agent.policy.parameters(), lr=3e-4)
 
-    def torch_step():
+
+class Ours:
+    """virel_ppl's training step exactly as ``train._loop`` runs it (act, env.step, replay, update), minus logging."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.trainer = Trainer(cfg)
+        self.batch = cfg.batch_size
+        for _ in range(WARMUP):
+            self.trainer.env_step()
+
+    def run(self, steps: int) -> None:
+        trainer = self.trainer
+        with pyro.validation_enabled(False):
+            for _ in range(steps):
+                trainer.env_step()
+                for _ in range(trainer.updates_due()):
+                    stats = trainer.agent.update(trainer.replay.sample(self.batch), step=trainer.step)
+        trainer.agent.first_nonfinite_step()  # the trainer reads its NaN record once per log_every
+        float(stats["critic/q_loss"])  # ... and its statistics: wait for the device here, as the logger does
+
+
+class SB3:
+    """Stable-Baselines3 SAC with the same task, networks, batch, learning rate, warm-up and update ratio."""
+
+    def __init__(self, args) -> None:
+        import gymnasium as gym
+        from stable_baselines3 import SAC
+
+        self.model = SAC(
+            "MlpPolicy",
+            gym.make(args.env),
+            learning_rate=1e-3,
+            buffer_size=1_000_000,
+            learning_starts=WARMUP,
+            batch_size=args.batch,
+            tau=0.005,
+            gamma=0.99,
+            train_freq=1,
+            gradient_steps=1,
+            policy_kwargs=dict(net_arch=[256, 256]),
+            device=args.device,
+            seed=0,
+            verbose=0,
+        )
+        self.model.learn(WARMUP, progress_bar=False)
+
+    def run(self, steps: int) -> None:
+        self.model.learn(steps, reset_num_timesteps=False, progress_bar=False)
+
+
+def alternate(runners: dict, steps: int, block: int) -> dict[str, float]:
+    """Env steps/s of each runner: blocks of ``block`` steps, taken in turn, median over blocks."""
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for runner in runners.values():  # one untimed block each: allocator, caches, lazy optimisers
+        runner.run(min(block, 20))
+    for _ in range(max(1, steps // block)):
+        for name, runner in runners.items():
+            start = time.perf_counter()
+            runner.run(block)
+            times[name].append(block / (time.perf_counter() - start))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def e_step_costs(args, n: int, blocks: int = 9) -> dict[str, float]:
+    """ms per E-step (and other parts of an update) on one fixed replay batch; blocks alternate between them."""
+    ours = Ours(_config(args))
+    agent = ours.trainer.agent
+    batch = ours.trainer.replay.sample(args.batch)
+    states = batch.obs
+    eps = agent.eps_rule(torch.zeros((), device=agent.device), batch.rewards)
+    kw = dict(eps=eps, q=agent.q_on_box, prior=agent.prior)
+    fused = Ours(_config(args, fused_adam=True)).trainer.agent
+    torch_opt = adam(agent.policy.parameters(), 1e-3)
+
+    def plain_torch():  # the same loss, E[ε log π(a|s) − Q(s, clip(a))] + const, by rsample, one foreach Adam
         with frozen(agent.critic):
             d = agent.policy.distribution(states)
             a = d.rsample()
-            loss = (eps * d.log_prob(a) - agent.critic.q(states, a)).mean()
-            opt.zero_grad(set_to_none=True)
+            loss = (eps * d.log_prob(a) - agent.q_on_box(states, a)).mean()
+            torch_opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            torch_opt.step()
 
-    costs["plain torch (same loss)"] = time_it(torch_step, n)
-    costs["M-step (critic), for scale"] = time_it(
-        lambda: m_step(agent.critic, agent.critic_optim, batch_data, agent.policy, 0.99, agent.value_target), n
-    )
-    return costs
+    parts = {
+        OURS_E_STEP: lambda: agent._pyro_scoped(lambda: agent.fast_e_step.step(agent.critic, states, **kw)),
+        "E-step, same with fused Adam (--fused-adam)": lambda: fused._pyro_scoped(
+            lambda: fused.fast_e_step.step(fused.critic, states, eps=eps, q=fused.q_on_box, prior=fused.prior)
+        ),
+        "E-step, Pyro SVI.step (--no-fast-update)": lambda: agent._pyro_scoped(
+            lambda: e_step(agent.svi, agent.critic, states, **kw)
+        ),
+        TORCH_E_STEP: plain_torch,
+        "M-step (critic), for scale": lambda: m_step(
+            agent.critic, agent.critic_optim, batch, agent.policy, 0.99, agent.value_target
+        ),
+        "whole update (M + E + target + NaN record)": lambda: agent.update(batch),
+    }
+    times: dict[str, list[float]] = {name: [] for name in parts}
+    with pyro.validation_enabled(False):
+        for fn in parts.values():
+            for _ in range(10):
+                fn()
+        for _ in range(blocks):
+            for name, fn in parts.items():
+                _sync(args.device)
+                start = time.perf_counter()
+                for _ in range(n):
+                    fn()
+                _sync(args.device)
+                times[name].append((time.perf_counter() - start) / n)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="HalfCheetah-v5")
-    parser.add_argument("--steps", type=int, default=500, help="timed environment steps per thread count")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--steps", type=int, default=1000, help="timed environment steps per learner")
+    parser.add_argument("--block", type=int, default=100, help="environment steps per alternating block")
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (both learners)")
+    parser.add_argument("--estep-calls", type=int, default=40, help="E-steps per timed block of the E-step table")
+    parser.add_argument("--vs-sb3", action="store_true", help="also run SB3's SAC, side by side")
     args = parser.parse_args()
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, pyro {pyro.__version__}")
-    print(f"\n{args.env}, networks 256-256, batch {args.batch}: full training step (1 M-step + 1 E-step per env step)")
-    print("| threads | env steps/s |\n|---|---|")
-    for t in args.threads:
-        print(f"| {t} | {steps_per_second(args.env, t, args.steps, args.batch):.1f} |")
-    t = args.threads[0]
-    costs = e_step_costs(args.env, t, args.steps, args.batch)
-    base = costs["plain torch (same loss)"]
-    print(f"\nE-step cost, {t} thread(s): ms per step and ratio to plain torch")
-    print("| implementation | ms / step | ratio |\n|---|---|---|")
+    torch.set_num_threads(args.threads)
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"pyro {pyro.__version__}, device {args.device}, {args.threads} thread(s), "
+        f"load average before: {os.getloadavg()[0]:.2f}"
+    )
+    costs = e_step_costs(args, args.estep_calls)
+    base = costs[TORCH_E_STEP]
+    print(f"\n{args.env}, 256-256 networks, batch {args.batch}: ms per call on one replay batch")
+    print("(median of 9 blocks, alternating between the rows)")
+    print("| part | ms / call | ratio to plain-torch E-step |\n|---|---|---|")
     for name, sec in costs.items():
         print(f"| {name} | {1000 * sec:.2f} | {sec / base:.2f} |")
+
+    runners = {"virel_ppl": Ours(_config(args))}
+    runners["virel_ppl --fused-adam"] = Ours(replace(_config(args), fused_adam=True))
+    if args.vs_sb3:
+        runners["SB3 SAC"] = SB3(args)
+    rates = alternate(runners, args.steps, args.block)
+    print(
+        f"\nenv steps/s, act + env.step + one update per step, {args.steps} steps each in alternating blocks of "
+        f"{args.block} (median); load average after: {os.getloadavg()[0]:.2f}"
+    )
+    print("| learner | env steps/s |\n|---|---|")
+    for name, rate in rates.items():
+        print(f"| {name} | {rate:.1f} |")
+    if args.vs_sb3:
+        print(f"ratio_vs_sb3 {rates['virel_ppl'] / rates['SB3 SAC']:.2f}")
+    print(f"estep_overhead {costs[OURS_E_STEP] / base:.2f}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ which one it runs: it calls :meth:`VirelAgent.update` and :meth:`VirelAgent.act`
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,11 +26,14 @@ from virel_ppl.divergences import make_elbo
 from virel_ppl.em import (
     Batch,
     EpsilonRule,
+    FastEStep,
     ValueTarget,
+    adam,
     beta_epsilon,
     e_step,
     fixed_epsilon,
     hard_value_target,
+    load_optimizer_state,
     m_step,
     soft_value_target,
 )
@@ -155,6 +159,33 @@ def lookup(registry: dict, name: str, what: str):
     raise ConfigError(f"Unknown {what} {name!r}; choose from {', '.join(sorted(registry))}.{hint}")
 
 
+class NonFiniteRecord:
+    """The step of the first update whose statistics held NaN/inf, kept on the device (-1: none so far).
+
+    ``record`` costs a few small device ops and no host synchronisation; ``first`` reads it (one sync).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.step = torch.full((), -1, dtype=torch.long, device=device)
+
+    @torch.no_grad()
+    def record(self, values, step: int) -> None:
+        scalars, others, finite_floats = [], [], True
+        for v in values:
+            if not isinstance(v, torch.Tensor):
+                finite_floats = finite_floats and math.isfinite(v)  # a float (the plain E-step's loss): on the host
+            else:
+                (scalars if v.dim() == 0 else others).append(v)
+        finite = torch.stack(scalars + [v.float().sum() for v in others]).isfinite().all()
+        if not finite_floats:
+            finite = torch.zeros_like(finite)
+        self.step = torch.where(finite | (self.step >= 0), self.step, step)
+
+    def first(self) -> int | None:
+        step = int(self.step)
+        return None if step < 0 else step
+
+
 class VirelAgent:
     """Guide π_θ + critic (twin Q, V, target V) + ε rule, updated by variational EM.
 
@@ -181,7 +212,7 @@ class VirelAgent:
             policy = lookup(GUIDES, config.guide, "guide")(obs_dim, box, hidden=config.hidden)
         self.policy = policy.to(self.device)
         self.critic = self.variant.critic(obs_dim, box.dim, hidden=config.hidden).to(self.device)
-        self.critic_optim = torch.optim.Adam(self.critic.trainable_parameters(), lr=config.critic_lr)
+        self.critic_optim = adam(self.critic.trainable_parameters(), config.critic_lr, config.fused_adam)
         self.extras: dict = self.variant.extras(self)  # the variant's own state, saved with the agent
         check_guide_fits(self.policy, box)  # continuous guide ↔ Box, categorical ↔ Discrete
         if self.variant.loss is not None:
@@ -191,28 +222,52 @@ class VirelAgent:
             self.elbo = make_elbo(estimator, self.policy, config.num_particles, config.renyi_alpha)
         guide = self.variant.guide(self)
         self.svi = SVI(self.variant.model, guide, pyro.optim.Adam({"lr": config.policy_lr}), self.elbo)
+        # the E-step the trainer runs: the same model, guide and loss without SVI.step's overheads (em.FastEStep)
+        self.fast_e_step = (
+            FastEStep(self.variant.model, guide, self.elbo, config.policy_lr, config.fused_adam)
+            if config.fast_update
+            else None
+        )
+        self.nonfinite = NonFiniteRecord(self.device)
+        self.updates = 0
         self.value_target = self.variant.value_target(self)
         self.eps_rule = self.variant.eps_rule(self)
         self.prior = self.variant.prior(self)
         # Each agent keeps its own Pyro param store, so agents in one process never share parameters.
         self.param_state: dict = {"params": {}, "constraints": {}}
 
-    def update(self, batch: Batch) -> dict[str, torch.Tensor | float]:
-        """One variational-EM update on a batch: M-step (critic), E-step (guide), target update."""
+    def update(self, batch: Batch, step: int | None = None) -> dict[str, torch.Tensor | float]:
+        """One variational-EM update on a batch: M-step (critic), E-step (guide), target update.
+
+        Statistics stay tensors (read them when logging). Whether any is NaN/inf is recorded on the device under
+        ``step`` (the trainer's environment step; default: the count of updates), see :meth:`first_nonfinite_step`.
+        """
         stats: dict[str, torch.Tensor | float] = m_step(
             self.critic, self.critic_optim, batch, self.policy, self.config.gamma, self.value_target
         )
         eps = self.eps_rule(stats["critic/td_mse"], batch.rewards)
         inputs = self.variant.model_inputs(self, batch) if self.variant.model_inputs is not None else {}
-        loss = self._pyro_scoped(
-            lambda: e_step(self.svi, self.critic, batch.obs, eps=eps, q=self.q_on_box, prior=self.prior, **inputs)
-        )
+        kwargs = dict(eps=eps, q=self.q_on_box, prior=self.prior, **inputs)
+        if self.fast_e_step is not None:
+            loss = self._pyro_scoped(lambda: self.fast_e_step.step(self.critic, batch.obs, **kwargs))
+        else:
+            loss = self._pyro_scoped(lambda: e_step(self.svi, self.critic, batch.obs, **kwargs))
         self.critic.update_target(self.config.tau)
         if self.variant.after_update is not None:
             stats.update(self.variant.after_update(self, batch) or {})
         stats["actor/loss"] = loss
         stats["eps"] = eps
+        self.updates += 1
+        self.nonfinite.record(stats.values(), self.updates if step is None else step)
         return stats
+
+    def first_nonfinite_step(self) -> int | None:
+        """The step of the first update with a NaN/inf statistic (losses, ε, the variant's own), or None.
+
+        Recorded on the device at every update; reading it here is the one host synchronisation. A parameter that
+        an update makes non-finite shows up in the losses of the next update.
+        """
+        return self.nonfinite.first()
 
     def q_on_box(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Q(s, clip(a)): the environment clips actions, so an unbounded guide's samples are scored as clipped."""
@@ -228,20 +283,28 @@ class VirelAgent:
             "policy": self.policy.state_dict(),
             "critic": self.critic.state_dict(),
             "critic_optim": self.critic_optim.state_dict(),
-            "policy_optim": self._pyro_scoped(self.svi.optim.get_state),  # keyed by param-store names
+            "policy_optim": self._policy_optim_state(),  # keyed by param-store names (pyro.optim's format)
             "extras": {name: extra.state_dict() for name, extra in self.extras.items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.policy.load_state_dict(state["policy"])
         self.critic.load_state_dict(state["critic"])
-        self.critic_optim.load_state_dict(state["critic_optim"])
-        self._pyro_scoped(self.svi.optim.set_state, state["policy_optim"])
+        load_optimizer_state(self.critic_optim, state["critic_optim"])
+        if self.fast_e_step is not None:
+            self.fast_e_step.load_state_dict(state["policy_optim"])
+        else:
+            self._pyro_scoped(self.svi.optim.set_state, state["policy_optim"])
         saved = state.get("extras", {})
         for name, extra in self.extras.items():
             if name not in saved:
                 raise KeyError(f"The checkpoint has no {name!r} state of the {self.config.algo!r} variant.")
             extra.load_state_dict(saved[name])
+
+    def _policy_optim_state(self) -> dict:
+        if self.fast_e_step is not None:
+            return self.fast_e_step.state_dict()
+        return self._pyro_scoped(self.svi.optim.get_state)
 
     def _pyro_scoped(self, fn: Callable, *args):
         """Call ``fn`` inside this agent's own Pyro param store."""

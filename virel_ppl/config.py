@@ -140,6 +140,12 @@ class Config:
     """Show a progress bar."""
     extra: dict[str, float] = field(default_factory=dict)
     """Variant-specific settings (e.g. mpo_kl_weight), read by the variant's builder."""
+    fast_update: bool = True
+    """E-step as the ELBO's differentiable_loss with one multi-tensor torch Adam (same gradients and, with
+    --no-fused-adam, the same numbers as SVI.step); --no-fast-update runs pyro.infer.SVI.step, for debugging."""
+    fused_adam: bool = False
+    """Fused Adam kernels for the critic and the guide: faster, but rounds differently in the last bit, so runs
+    differ from recorded ones; off keeps multi-tensor (foreach) Adam, bit-identical to per-tensor Adam."""
 
     def resolved_reward_scale(self) -> float:
         return self.reward_scale if self.reward_scale is not None else REWARD_SCALES.get(_task(self.env), 1.0)

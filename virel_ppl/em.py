@@ -1,21 +1,29 @@
-"""Variational EM on the VIREL ELBO: the E-step (actor, via Pyro SVI) and the M-step (critic, via torch).
+"""Variational EM on the VIREL ELBO: the E-step (actor, via Pyro) and the M-step (critic, via torch).
 
-``e_step`` maximises the ELBO over the guide's parameters θ with ``pyro.infer.SVI``; the critic sits inside
-the model as a fixed function and receives neither gradient nor update. ``m_step`` shrinks the Bellman
-residual over the critic's parameters ω with its own torch optimiser. The ε rules turn the residual into
-the temperature ε_ω of the likelihood exp(Q_ω/ε_ω).
+``e_step`` maximises the ELBO over the guide's parameters θ with ``pyro.infer.SVI``; :class:`FastEStep` takes
+the same step as the ELBO's ``differentiable_loss`` and one multi-tensor torch Adam over the same parameters
+(the default in training; ``docs/math.md`` shows why the two are one E-step). The critic sits inside the model
+as a fixed function and receives neither gradient nor update. ``m_step`` shrinks the Bellman residual over the
+critic's parameters ω with its own torch optimiser. The ε rules turn the residual into the temperature ε_ω of
+the likelihood exp(Q_ω/ε_ω).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import NamedTuple
+from unittest import mock
 
+import pyro.infer.trace_elbo
+import pyro.infer.trace_mean_field_elbo
+import pyro.infer.traceenum_elbo
 import pyro.poutine as poutine
 import torch
 from pyro.infer import SVI
+from pyro.infer.elbo import ELBO
 
 from virel_ppl.critics import Critic, bellman_target
 from virel_ppl.guides import PolicyGuide
@@ -32,14 +40,19 @@ class Batch(NamedTuple):
 
 
 @contextmanager
-def frozen(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Turn off gradients of ``module`` for the duration: the E-step must not touch the critic."""
-    flags = [p.requires_grad for p in module.parameters()]
-    module.requires_grad_(False)
+def frozen(module: torch.nn.Module, params: list[torch.nn.Parameter] | None = None) -> Iterator[torch.nn.Module]:
+    """Turn off gradients of ``module`` for the duration: the E-step must not touch the critic.
+
+    ``params``: ``list(module.parameters())`` when the caller keeps it (walking the module costs ~1 ms per step).
+    """
+    params = list(module.parameters()) if params is None else params
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
     try:
         yield module
     finally:
-        for p, flag in zip(module.parameters(), flags, strict=True):
+        for p, flag in zip(params, flags, strict=True):
             p.requires_grad_(flag)
 
 
@@ -65,6 +78,167 @@ def e_step(svi: SVI, critic: Critic, states: torch.Tensor, eps: float | torch.Te
     return loss
 
 
+def adam(params, lr: float, fused: bool = False) -> torch.optim.Adam:
+    """One torch Adam over all ``params``: multi-tensor (``foreach``, bit-identical to one single-tensor Adam per
+    parameter, which is what ``pyro.optim.Adam`` keeps) or ``fused`` (faster, rounds differently in the last bit)."""
+    return torch.optim.Adam(params, lr=lr, fused=True) if fused else torch.optim.Adam(params, lr=lr, foreach=True)
+
+
+def load_optimizer_state(optim: torch.optim.Optimizer, state: dict) -> None:
+    """``optim.load_state_dict(state)`` keeping ``optim``'s own kernel choice (foreach/fused): a checkpoint written
+    with another choice (or before there was one) would otherwise switch the optimiser to the saved one."""
+    own = optim.state_dict()["param_groups"]
+    groups = [{**g, "foreach": o.get("foreach"), "fused": o.get("fused")} for g, o in zip(state["param_groups"], own)]
+    optim.load_state_dict({**state, "param_groups": groups})
+
+
+# Pyro's ELBOs turn per-site log-densities into Python floats (``torch_item``) and test the loss for NaN on the
+# host (``warn_if_nan``): one device synchronisation each on a GPU. The fast E-step keeps them as detached
+# tensors instead (same value; the gradient comes from the surrogate either way) and checks for NaN elsewhere.
+_SYNCING_MODULES = (pyro.infer.trace_elbo, pyro.infer.trace_mean_field_elbo, pyro.infer.traceenum_elbo)
+
+
+def _detached(x):
+    return x.detach() if isinstance(x, torch.Tensor) else x
+
+
+@contextmanager
+def _no_host_syncs() -> Iterator[None]:
+    with ExitStack() as stack:
+        for module in _SYNCING_MODULES:
+            if hasattr(module, "torch_item"):
+                stack.enter_context(mock.patch.object(module, "torch_item", _detached))
+            stack.enter_context(mock.patch.object(module, "warn_if_nan", lambda *args, **kwargs: None))
+        yield
+
+
+class FastEStep:
+    """The E-step of :func:`e_step` without ``SVI.step``'s per-step overheads, for the same model, guide and loss.
+
+    One step computes the loss under the same ``poutine.scale(ε/N)`` with the critic frozen, back-propagates it
+    and takes one step of a single torch Adam over the parameters Pyro registered while computing it:
+
+    - an ``ELBO`` with ``differentiable_loss`` (trace, meanfield, tail_adaptive, enum): that loss, kept on the
+      device (no float per step on a GPU, see ``_no_host_syncs``);
+    - any other ``ELBO`` (Rényi/IWAE, TraceGraph): its ``loss_and_grads``, as ``SVI.step`` calls it (one float
+      per step); announced once with a ``RuntimeWarning``;
+    - a loss callable ``loss(model, guide, *args, **kwargs) -> tensor`` (mpo_np): called and back-propagated,
+      as ``SVI`` does with a callable.
+
+    The parameters are those of the ``param`` sites that the first step's trace records (``pyro.module`` in the
+    guide, or in the model when the policy is the prior, as in pseudo_likelihood), in name order; the set is
+    fixed from then on. ``SVI.step`` keeps one single-tensor Adam per parameter; the multi-tensor Adam here
+    computes the same update bit for bit (``fused=True``: faster, but not bit-identical).
+
+    ``state_dict`` uses ``pyro.optim``'s format (parameter name → one single-parameter Adam state), so a
+    checkpoint of either path resumes on the other.
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        guide: Callable,
+        loss: ELBO | Callable,
+        lr: float,
+        fused: bool = False,
+        sync_free: bool | None = None,
+    ) -> None:
+        self.model, self.guide, self.loss, self.lr, self.fused = model, guide, loss, lr, fused
+        self.sync_free = sync_free  # keep Pyro's per-site floats on the device; None: on any device but the CPU
+        self.names: list[str] = []
+        self.optim: torch.optim.Adam | None = None
+        self._pending: dict | None = None
+        self._critic, self._critic_params = None, []
+        if isinstance(loss, ELBO):
+            self.kind = "differentiable_loss" if hasattr(loss, "differentiable_loss") else "loss_and_grads"
+        else:
+            self.kind = "callable"
+        if self.kind == "loss_and_grads":
+            warnings.warn(
+                f"{type(loss).__name__} has no differentiable_loss: the fast E-step calls its loss_and_grads "
+                "(as SVI.step does; its loss is a float, a device sync per step on a GPU) and steps one torch Adam.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    def _loss_and_backward(self, states: torch.Tensor, kwargs: dict) -> torch.Tensor | float:
+        if self.kind == "differentiable_loss":
+            sync_free = states.device.type != "cpu" if self.sync_free is None else self.sync_free
+            if not sync_free:  # floats are free on the host; keep Pyro's code path exactly
+                loss = self.loss.differentiable_loss(self.model, self.guide, states, **kwargs)
+            else:
+                with _no_host_syncs():
+                    loss = self.loss.differentiable_loss(self.model, self.guide, states, **kwargs)
+            loss.backward()
+            return loss.detach()
+        if self.kind == "loss_and_grads":
+            return self.loss.loss_and_grads(self.model, self.guide, states, **kwargs)
+        loss = self.loss(self.model, self.guide, states, **kwargs)
+        loss.backward()
+        return loss.detach()
+
+    def step(
+        self, critic: Critic, states: torch.Tensor, eps: float | torch.Tensor, **model_kwargs
+    ) -> torch.Tensor | float:
+        """One E-step; returns the loss −ε·ELBO/N (a 0-d tensor, or a float from ``loss_and_grads``).
+
+        Unlike :func:`e_step` it does not test the loss for NaN: the agent records non-finite updates on the
+        device and the trainer reads that record once per logging interval.
+        """
+        kwargs = dict(eps=eps, **model_kwargs)
+        if self._critic is not critic:
+            self._critic, self._critic_params = critic, list(critic.parameters())
+        scale = poutine.scale(scale=eps / states.shape[0])
+        if self.optim is None:  # first step: find the parameters Pyro registers, as SVI.step does every step
+            with poutine.trace(param_only=True) as capture, frozen(critic, self._critic_params), scale:
+                loss = self._loss_and_backward(states, kwargs)
+            self._build({name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()})
+        else:
+            with frozen(critic, self._critic_params), scale:
+                loss = self._loss_and_backward(states, kwargs)
+        self.optim.step()
+        self.optim.zero_grad(set_to_none=True)
+        return loss
+
+    def _build(self, params: dict[str, torch.Tensor]) -> None:
+        if not params:
+            raise ValueError("The E-step found no parameters: the guide (or model) registers none with pyro.module.")
+        self.names = sorted(params)
+        self.optim = adam([params[name] for name in self.names], self.lr, self.fused)
+        if self._pending is not None:
+            self._load(self._pending)
+            self._pending = None
+
+    def state_dict(self) -> dict:
+        """Parameter name → the state of a single-parameter torch Adam (``pyro.optim.PyroOptim.get_state``'s format)."""
+        if self.optim is None:
+            return dict(self._pending or {})
+        full = self.optim.state_dict()
+        group = {k: v for k, v in full["param_groups"][0].items() if k != "params"}
+        group.update(foreach=None, fused=None)  # as pyro.optim.Adam's own optimisers have them
+        return {
+            name: {
+                "state": {0: full["state"][i]} if i in full["state"] else {},
+                "param_groups": [{**group, "params": [0]}],
+            }
+            for i, name in enumerate(self.names)
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.optim is None:
+            self._pending = dict(state)
+        else:
+            self._load(state)
+
+    def _load(self, state: dict) -> None:
+        unknown = set(state) - set(self.names)
+        if unknown:
+            raise KeyError(f"The optimiser state names parameters this guide does not have: {sorted(unknown)}.")
+        full = self.optim.state_dict()
+        full["state"] = {i: state[n]["state"][0] for i, n in enumerate(self.names) if n in state and state[n]["state"]}
+        self.optim.load_state_dict(full)
+
+
 # --- value targets: what V_ψ(s) regresses to (a choice, not a fork) -------------------------------------------
 
 ValueTarget = Callable[[Critic, PolicyGuide, torch.Tensor], torch.Tensor]
@@ -72,7 +246,14 @@ ValueTarget = Callable[[Critic, PolicyGuide, torch.Tensor], torch.Tensor]
 
 def hard_value_target(critic: Critic, policy: PolicyGuide, states: torch.Tensor) -> torch.Tensor:
     """V(s) ← E_{a~π}[Q(s, a)] (VIREL App. H, J_V), one action sample per state."""
-    return critic.q(states, policy.distribution(states).sample())
+    return critic.q(states, _sample(policy.distribution(states)))
+
+
+def _sample(d) -> torch.Tensor:
+    """A sample without gradient. ``rsample`` where there is one: the same numbers as ``sample`` on CPU, without
+    ``torch.normal``'s host-side check of the scale (a device synchronisation on a GPU)."""
+    with torch.no_grad():
+        return d.rsample() if d.has_rsample else d.sample()
 
 
 def soft_value_target(alpha: float | Callable[[], torch.Tensor]) -> ValueTarget:
@@ -83,7 +264,7 @@ def soft_value_target(alpha: float | Callable[[], torch.Tensor]) -> ValueTarget:
 
     def target(critic: Critic, policy: PolicyGuide, states: torch.Tensor) -> torch.Tensor:
         d = policy.distribution(states)
-        a = d.sample()
+        a = _sample(d)
         return critic.q(states, a) - (alpha() if callable(alpha) else alpha) * d.log_prob(a)
 
     return target
@@ -119,7 +300,7 @@ def m_step(
     return {
         "critic/q_loss": q_loss.detach(),
         "critic/v_loss": v_loss.detach(),
-        "critic/td_mse": 0.5 * (td1.pow(2).mean() + td2.pow(2).mean()).detach(),
+        "critic/td_mse": q_loss.detach(),  # ½ (mean td1² + mean td2²): J_Q itself, before the step
         "critic/q_mean": q1.mean().detach(),
     }
 

@@ -31,7 +31,8 @@ class ReplayBuffer:
         self.next_obs = torch.zeros(capacity, obs_dim, device=self.device)
         self.terminated = torch.zeros(capacity, device=self.device)
         self.size, self.pos = 0, 0
-        self.generator = torch.Generator().manual_seed(seed)
+        # indices are drawn where the data lives: on a GPU no host-to-device copy per batch (CPU: as before)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
 
     def __len__(self) -> int:
         return self.size
@@ -50,7 +51,7 @@ class ReplayBuffer:
     def sample(self, batch_size: int) -> Batch:
         if batch_size > self.size:
             raise ValueError(f"Cannot sample {batch_size} transitions from a buffer holding {self.size}.")
-        idx = torch.randint(self.size, (batch_size,), generator=self.generator).to(self.device)
+        idx = torch.randint(self.size, (batch_size,), generator=self.generator, device=self.device)
         return Batch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminated[idx])
 
     def state_dict(self) -> dict:
@@ -72,4 +73,7 @@ class ReplayBuffer:
         for name in FIELDS:
             getattr(self, name)[:n] = state[name].to(self.device)
         self.size, self.pos = n, state["pos"]
-        self.generator.set_state(state["generator"])
+        try:
+            self.generator.set_state(state["generator"])
+        except RuntimeError:  # saved on another device type (CPU ↔ GPU): a stream seeded from it, not the same one
+            self.generator.manual_seed(int(state["generator"].long().sum()))

@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -316,22 +317,46 @@ def _loop(trainer: Trainer, logger: RunLogger, hooks: Sequence[Hook]) -> RunResu
     old_handlers = {signum: signal.signal(signum, request_stop) for signum in stop_signals}
     bar = tqdm(total=cfg.total_steps, initial=trainer.step, disable=not cfg.progress, unit="step", smoothing=0.05)
     stats: dict = {}
-    # Pyro's argument checks cost a device sync per distribution; NaN is still caught from the E-step loss.
+    early_q_loss: list[float] = []  # the first logged critic losses: the level that divergence is measured against
+    warned_growth = False
+
+    def check_finite(step: int) -> None:  # one host sync: the update-by-update record kept on the device
+        bad = agent.first_nonfinite_step()
+        if bad is not None:
+            raise ConfigError(
+                f"The critic diverged: training statistics became NaN/inf at step {bad} (seen at step {step}; "
+                f"no checkpoint was written from then on). Lower --critic-lr or --policy-lr, or start a new run "
+                "with a smaller --reward-scale: a --resume cannot change it, as the replay buffer already holds "
+                "rewards multiplied by the old scale."
+            )
+
+    # Pyro's argument checks cost a device sync per distribution; NaN is recorded on the device at every update.
     try:
         with pyro.validation_enabled(False):
             while trainer.step < cfg.total_steps and not trainer.stop_requested:
                 episode = trainer.env_step()
                 step = trainer.step
                 for _ in range(trainer.updates_due()):
-                    stats = agent.update(trainer.replay.sample(cfg.batch_size))
+                    stats = agent.update(trainer.replay.sample(cfg.batch_size), step=step)
                 if episode is not None:
                     logger.log("episodes", step, {"return": episode["r"], "length": episode["l"]})
                 if stats and step % cfg.log_every == 0:
+                    check_finite(step)
                     row = logger.log("train", step, stats)
                     if not all(math.isfinite(v) for v in row.values()):
-                        raise ConfigError(
-                            f"Non-finite training statistics at step {step}: {row}. The critic diverged: "
-                            "lower --critic-lr or --reward-scale."
+                        check_finite(step)  # names the step if the record saw it; else the row is the evidence
+                        raise ConfigError(f"Non-finite training statistics at step {step}: {row}.")
+                    q_loss = row.get("critic/q_loss", 0.0)
+                    if len(early_q_loss) < 3:
+                        early_q_loss.append(q_loss)
+                    elif not warned_growth and q_loss > 1000 * max(*early_q_loss, 1e-6):
+                        warned_growth = True
+                        warnings.warn(
+                            f"The critic's loss grew more than 1000-fold: {q_loss:.3g} at step {step}, against "
+                            f"{max(early_q_loss):.3g} when logging began. The critic may be diverging: consider a "
+                            "lower --critic-lr or --policy-lr, or a new run with a smaller --reward-scale.",
+                            RuntimeWarning,
+                            stacklevel=1,
                         )
                 if step % cfg.eval_every == 0 or step == cfg.total_steps:
                     returns = evaluate(agent, cfg.env, cfg.eval_episodes, seed=cfg.seed + 10_000 + step)
@@ -344,11 +369,13 @@ def _loop(trainer: Trainer, logger: RunLogger, hooks: Sequence[Hook]) -> RunResu
                         diag = training_diagnostics(agent, states, float(stats["eps"]), seed=cfg.seed + step)
                         logger.log("diagnostics", step, diag)
                 if step % cfg.checkpoint_every == 0:
+                    check_finite(step)  # never checkpoint a non-finite state
                     trainer.save(ckpt)
                 for hook in hooks:
                     hook(trainer, step)
                 bar.update(1)
             if trainer.saved_step != trainer.step:
+                check_finite(trainer.step)
                 trainer.save(ckpt)
             if (run_dir / "eval.csv").exists():  # still under our handlers: a second Ctrl-C here changes nothing
                 plot_learning_curve(run_dir / "eval.csv", run_dir / "learning_curve.png", f"{cfg.env} — {cfg.algo}")
