@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Annotated, Literal
 
 import tyro
 
-from virel_ppl.config import Config, ConfigError
+from virel_ppl.config import Config, ConfigError, preset_config
 
 
 def user_errors(command: Callable[..., None]) -> Callable[..., None]:
@@ -156,9 +157,26 @@ def run_report(args: ReportArgs) -> None:
     print(f"report: {path} (plots beside it)")
 
 
+def _preset_train_args(argv: list[str]) -> TrainArgs | None:
+    """``virel_ppl train --preset NAME ...``: the preset's values (``config.PRESETS``, e.g. ``paper`` = VIREL App. I)
+    become the defaults, so flags given with it still win. None without ``--preset``."""
+    if not argv or argv[0] != "train" or not any(a == "--preset" or a.startswith("--preset=") for a in argv):
+        return None
+    i = next(i for i, a in enumerate(argv) if a == "--preset" or a.startswith("--preset="))
+    name = argv[i].partition("=")[2] or (argv[i + 1] if i + 1 < len(argv) else "")
+    rest = argv[1:i] + argv[i + (1 if "=" in argv[i] else 2) :]
+    env = tyro.cli(TrainArgs, args=rest, prog="virel_ppl train").config.env
+    try:
+        defaults = TrainArgs(config=preset_config(name, env=env))
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None
+    return tyro.cli(TrainArgs, args=rest, default=defaults, prog="virel_ppl train")
+
+
 def main(argv: list[str] | None = None) -> None:
     commands = {"train": TrainArgs, "evaluate": EvaluateArgs, "diagnose": DiagnoseArgs, "report": ReportArgs}
-    cmd = tyro.extras.subcommand_cli_from_dict(commands, args=argv, prog="virel_ppl")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmd = _preset_train_args(argv) or tyro.extras.subcommand_cli_from_dict(commands, args=argv, prog="virel_ppl")
     if isinstance(cmd, TrainArgs):
         run_train(cmd)
     elif isinstance(cmd, DiagnoseArgs):
