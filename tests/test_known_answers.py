@@ -316,6 +316,7 @@ def test_mpo_np_dual_steps_by_hand():
        = 2·(0.1 + ln 2 − ¾ ln 3) = 2·(0.1 − 0.130812): log η rises by 0.061624 (the weights are too peaked)."""
     states, prior, q = _mpo_by_hand()
     mpo = NonparametricMPO(num_actions=2, kl_bound=0.1, eta=2.0, eta_bound=0.1, lr=1e-3, device="cpu")
+    assert mpo.log_lagrange.item() == 0.0 and mpo.log_eta.item() == pytest.approx(math.log(2.0))  # λ = 1, η = eta
     with torch.no_grad():
         mpo.log_lagrange.fill_(math.log(2.0))
     mpo.optim = torch.optim.SGD([mpo.log_eta, mpo.log_lagrange], lr=1.0)
@@ -444,3 +445,57 @@ def test_complete_em_on_the_chain_reaches_the_hand_optimum():
     assert torch.equal(em.policies[-1].argmax(-1), torch.ones(5, dtype=torch.long))
     v = (em.policies[-1] * em.q_values[-1]).sum(-1)
     torch.testing.assert_close(v, torch.tensor([0.9 ** (4 - i) / 0.1 for i in range(5)], dtype=torch.float64))
+
+
+def test_exp_utility_of_a_deterministic_cycle_is_the_return_over_eta():
+    """On the chain (deterministic, never ends) with the deterministic policy 'forward', G is not random, so
+    log E[exp(G/η)] = G/η = Q^π/η with Q^π(s, forward) = 0.9^(4 − s)/0.1 by hand: the backward recursion must run
+    long enough for the discounted tail (the risky MDP ends after two steps and cannot show this)."""
+    from virel_ppl.exact import log_exp_utility
+
+    forward = torch.zeros(5, 2, dtype=torch.float64)
+    forward[:, 1] = 1.0
+    for eta in (0.5, 2.0):
+        log_psi = log_exp_utility(chain_mdp(), forward, eta)[:, 1]
+        expected = torch.tensor([0.9 ** (4 - s) / 0.1 / eta for s in range(5)], dtype=torch.float64)
+        torch.testing.assert_close(log_psi, expected, atol=1e-12, rtol=0)
+
+
+def test_gridworld_optimal_return_from_its_start_corner_by_hand():
+    """4 × 3 grid, start (0, 0), goal (2, 3) paying 1 per step: J* = γ^manhattan/(1 − γ) = 0.9^5/0.1."""
+    from virel_ppl.exact import expected_return, greedy, gridworld_mdp, value_iteration
+
+    grid = gridworld_mdp(width=4, height=3, gamma=0.9)
+    assert expected_return(grid, greedy(value_iteration(grid))) == pytest.approx(0.9**5 / 0.1, abs=1e-9)
+
+
+def test_sac_temperature_step_by_hand():
+    """min_{log α} −α·E[log π + H̄]: one SGD step (lr 1) moves log α by α·(E[log π] + H̄). With log π on the two
+    samples = (log ¼, log ¾), H̄ = −1 (−action_dim) and α = 2: ∂/∂log α = −2·(−0.836988 − 1) = 3.673976."""
+    from virel_ppl.variants import Temperature
+
+    temperature = Temperature(2.0, action_dim=1, target_entropy=None, lr=1e-3, device="cpu")
+    temperature.optim = torch.optim.SGD([temperature.log_alpha], lr=1.0)
+    eye = torch.eye(2)
+    policy = StratifiedPolicy(eye[[0, 1]], torch.tensor([math.log(0.25), math.log(0.75)]))
+    stats = temperature.update(policy, torch.zeros(2, 3))
+    mean_log_pi = 0.5 * (math.log(0.25) + math.log(0.75))  # −0.836988
+    assert temperature.log_alpha.item() == pytest.approx(math.log(2.0) + 2.0 * (mean_log_pi - 1.0), abs=1e-6)
+    assert float(stats["sac/entropy"]) == pytest.approx(-mean_log_pi)
+    assert float(temperature.epsilon_rule(None, None)) == pytest.approx(2.0 * math.exp(2.0 * (mean_log_pi - 1.0)))
+
+
+def test_old_policy_copies_exactly_every_period_updates():
+    from virel_ppl.guides import TanhNormalGuide
+    from virel_ppl.variants import OldPolicy
+
+    policy = TanhNormalGuide(3, ActionBox([-1.0], [1.0]), hidden=(4,))
+    old = OldPolicy(policy, period=4, tau=1.0)
+    copied = []
+    for _ in range(8):
+        with torch.no_grad():
+            for p in policy.parameters():
+                p.add_(1.0)  # π_θ moves every update
+        old.step()
+        copied.append(all(torch.equal(a, b) for a, b in zip(old.net.parameters(), policy.parameters())))
+    assert copied == [k % 4 == 0 for k in range(1, 9)] and old.updates == 8
