@@ -499,3 +499,18 @@ def test_old_policy_copies_exactly_every_period_updates():
         old.step()
         copied.append(all(torch.equal(a, b) for a, b in zip(old.net.parameters(), policy.parameters())))
     assert copied == [k % 4 == 0 for k in range(1, 9)] and old.updates == 8
+
+
+def test_pseudo_likelihood_advantages_by_hand():
+    """R̂ = r + γ(1 − d)V̄(s') − V(s) = [5.5, −2, 5, 7.5] − 3 = [2.5, −5, 2, 4.5]; mean 1, centred [1.5, −6, 1, 3.5],
+    sample std √(51.5/3); the model gets R̂ standardised, and the buffer's actions."""
+    from virel_ppl.variants import sampled_advantages
+
+    agent = VirelAgent(3, ActionBox([-1.0], [1.0]), Config(algo="pseudo_likelihood", hidden=(4,), gamma=GAMMA))
+    _set_constant(agent.critic.v, 3.0)
+    _set_constant(agent.critic.v_target, 5.0)
+    batch = _batch()
+    inputs = sampled_advantages(agent, batch)
+    std = math.sqrt(51.5 / 3)
+    assert inputs["returns"].tolist() == pytest.approx([1.5 / std, -6 / std, 1 / std, 3.5 / std], rel=1e-5)
+    assert inputs["actions"] is batch.actions
