@@ -514,3 +514,15 @@ def test_pseudo_likelihood_advantages_by_hand():
     std = math.sqrt(51.5 / 3)
     assert inputs["returns"].tolist() == pytest.approx([1.5 / std, -6 / std, 1 / std, 3.5 / std], rel=1e-5)
     assert inputs["actions"] is batch.actions
+
+
+def test_gridworld_moves_by_hand():
+    """4 × 3 grid, state = 4·row + col: from (1, 1) = 5, up → 1, down → 9, left → 4, right → 6; off the grid from
+    (0, 0) = 0, up and left stay at 0; the goal (2, 3) = 11 is absorbing."""
+    from virel_ppl.exact import gridworld_mdp
+
+    grid = gridworld_mdp(width=4, height=3, gamma=0.9)
+    assert grid.action_names == ("up", "down", "left", "right")
+    for s, targets in ((5, (1, 9, 4, 6)), (0, (0, 4, 0, 1)), (11, (11, 11, 11, 11))):
+        assert [int(grid.P[s, a].argmax()) for a in range(4)] == list(targets)
+        assert torch.all(grid.P[s].max(-1).values == 1.0)
