@@ -174,6 +174,7 @@ def test_virel_presets_use_the_hard_target_and_sac_the_soft_one():
     assert agent.value_target is hard_value_target
     assert VARIANTS["beta"].value_target(agent) is hard_value_target
     assert VARIANTS["mpo"].value_target(agent) is hard_value_target
+    assert VARIANTS["sac"].value_target(agent).__qualname__.startswith("soft_value_target.")
 
 
 # --- the target network -----------------------------------------------------------------------------------------
