@@ -10,7 +10,7 @@ from helpers import QuadraticQ
 from pyro.infer import SVI, Trace_ELBO
 
 from virel_ppl.actions import ActionBox
-from virel_ppl.critics import Critic, bellman_target
+from virel_ppl.critics import Critic
 from virel_ppl.em import Batch, beta_epsilon, e_step, fixed_epsilon, hard_value_target, m_step
 from virel_ppl.guides import DiagonalGaussianGuide, TanhNormalGuide
 from virel_ppl.models import virel_model
@@ -95,15 +95,23 @@ def test_svi_reaches_the_exact_boltzmann_posterior_in_1d():
 
 
 def test_posterior_concentrates_on_argmax_as_eps_shrinks():
-    """VIREL Lemma 1: exp(Q/ε)/Z → δ(a − argmax Q) as ε → 0 (a bimodal Q with unequal peaks)."""
+    """VIREL Lemma 1: exp(Q/ε)/Z → δ(a − argmax Q) as ε → 0 (a bimodal Q with unequal peaks), through the project's
+    own posterior (``diagnostics.BoltzmannTarget``, what the E-step targets) normalised on a grid."""
+    from virel_ppl.diagnostics import BoltzmannTarget
 
     def q_fn(a):
         return torch.exp(-((a - 0.6) ** 2) / 0.02) + 0.8 * torch.exp(-((a + 0.5) ** 2) / 0.02)
 
+    box = ActionBox([-1.0], [1.0])
+    grid = torch.linspace(-1.0, 1.0, 20_001, dtype=torch.float64)
+    dx = (grid[1] - grid[0]).item()
     masses, variances = [], []
     for eps in (1.0, 0.3, 0.1, 0.03, 0.01, 0.003):
-        grid, p, _ = _grid_posterior(q_fn, eps)
-        dx = (grid[1] - grid[0]).item()
+        target = BoltzmannTarget(lambda s, a: q_fn(a[..., 0].double()).float(), lambda s: box.uniform(), eps)
+        _, log_p = target.log_density(torch.zeros(1, 1), grid[:, None, None].float())
+        p = torch.softmax(log_p[:, 0].double(), 0) / dx
+        _, independent, _ = _grid_posterior(q_fn, eps)  # exp(Q/ε)/Z by hand: the same density
+        assert torch.allclose(p, independent, rtol=1e-3, atol=1e-6 / dx)
         masses.append((p * ((grid - 0.6).abs() < 0.05)).sum().item() * dx)
         mean = (p * grid).sum() * dx
         variances.append(((p * (grid - mean) ** 2).sum() * dx).item())
@@ -129,9 +137,9 @@ def test_m_step_lowers_the_bellman_residual_on_a_fixed_batch():
     optim = torch.optim.Adam(critic.trainable_parameters(), lr=1e-3)
     batch = _fixed_batch()
 
-    def residual():
+    def residual():  # the target written out here, not by bellman_target: a wrong target would show
         with torch.no_grad():
-            target = bellman_target(batch.rewards, batch.terminated, critic.target_value(batch.next_obs), 0.99)
+            target = batch.rewards + 0.99 * (1.0 - batch.terminated) * critic.v_target(batch.next_obs)[:, 0]
             return (critic.q(batch.obs, batch.actions) - target).pow(2).mean().item()
 
     before = residual()

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 import tyro
 
-from virel_ppl.config import Config, ConfigError, RunWarning, check_device
+from virel_ppl.config import Config, ConfigError, RunWarning, check_device, preset_config
 
 
 def user_errors(command: Callable[..., None]) -> Callable[..., None]:
@@ -236,12 +236,31 @@ def run_report(args: ReportArgs) -> None:
     print(f"report: {path} (plots beside it)")
 
 
+def _preset_train_args(argv: list[str]) -> TrainArgs | None:
+    """``virel_ppl train --preset NAME ...``: the preset's values (``config.PRESETS``, e.g. ``paper`` = VIREL App. I)
+    become the defaults, so flags given with it still win. None without ``--preset``."""
+    if not argv or argv[0] != "train" or not any(a == "--preset" or a.startswith("--preset=") for a in argv):
+        return None
+    i = next(i for i, a in enumerate(argv) if a == "--preset" or a.startswith("--preset="))
+    name = argv[i].partition("=")[2] or (argv[i + 1] if i + 1 < len(argv) else "")
+    rest = argv[1:i] + argv[i + (1 if "=" in argv[i] else 2) :]
+    env = tyro.cli(TrainArgs, args=rest, prog="virel_ppl train").config.env
+    try:
+        defaults = TrainArgs(config=preset_config(name, env=env))
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None
+    return tyro.cli(TrainArgs, args=rest, default=defaults, prog="virel_ppl train")
+
+
 def main(argv: list[str] | None = None) -> None:
     commands = {"train": TrainArgs, "evaluate": EvaluateArgs, "diagnose": DiagnoseArgs, "report": ReportArgs}
     argv = list(sys.argv[1:] if argv is None else argv)
-    cmd = tyro.extras.subcommand_cli_from_dict(commands, args=argv, prog="virel_ppl")
+    cmd = _preset_train_args(argv) or tyro.extras.subcommand_cli_from_dict(commands, args=argv, prog="virel_ppl")
     if isinstance(cmd, TrainArgs):
-        run_train(cmd, argv[argv.index("train") + 1 :])
+        typed = argv[argv.index("train") + 1 :]
+        if "--preset" in typed:  # the preset's values are defaults, not typed flags
+            del typed[typed.index("--preset") : typed.index("--preset") + 2]
+        run_train(cmd, [a for a in typed if not a.startswith("--preset=")])
     elif isinstance(cmd, DiagnoseArgs):
         run_diagnose(cmd)
     elif isinstance(cmd, ReportArgs):
