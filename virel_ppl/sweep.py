@@ -399,10 +399,9 @@ def _same_run(saved: dict, config: dict) -> bool:
     return {k: v for k, v in saved.items() if k not in drop} == {k: v for k, v in config.items() if k not in drop}
 
 
-def _prepare_root(root: Path, specs: list[dict], resume: bool | str) -> bool:
-    """Check ``root`` against the sweep saved there; returns whether Tune's experiment is to be restored."""
+def _check_root(root: Path, specs: list[dict], resume: bool | str) -> None:
+    """Check ``root`` against the sweep saved there (nothing is written)."""
     saved_path = root / SWEEP_FILE
-    experiment = root / EXPERIMENT
     if saved_path.exists():
         saved = json.loads(saved_path.read_text())["trials"]
         if resume is False:
@@ -418,11 +417,6 @@ def _prepare_root(root: Path, specs: list[dict], resume: bool | str) -> bool:
             cfg_path = Path(s["run_dir"]) / "config.json"
             if cfg_path.exists() and not _same_run(json.loads(cfg_path.read_text()), s["config"]):
                 raise SweepError(f"{cfg_path.parent} holds a different run; choose another --root.")
-    root.mkdir(parents=True, exist_ok=True)
-    saved_path.write_text(json.dumps({"trials": specs}, indent=1))
-    from ray import tune
-
-    return experiment.exists() and tune.Tuner.can_restore(str(experiment))
 
 
 def _fetch_run_dir(result, run_dir: Path) -> None:
@@ -434,12 +428,34 @@ def _fetch_run_dir(result, run_dir: Path) -> None:
         _restore_run_dir(run_dir, Path(src))
 
 
+def _unfinished(results) -> int:
+    """Trials that a Ctrl-C on the driver left running or pending (ASHA's early stops count as finished)."""
+    analysis = getattr(results, "_experiment_analysis", None)
+    if analysis is not None and hasattr(analysis, "trials"):
+        return sum(t.status not in ("TERMINATED", "ERROR") for t in analysis.trials)
+    return sum(res.error is None and not res.metrics.get("done") for res in results)  # grid: each ends with done
+
+
 def report_table(report_md: Path) -> str:
     """The final-return table of a report (the ``## Final evaluation return`` section of report.md)."""
     lines = report_md.read_text().splitlines()
     start = lines.index("## Final evaluation return")
     table = [ln for ln in itertools.takewhile(lambda ln: not ln.startswith("## ") or ln == lines[start], lines[start:])]
     return "\n".join(ln for ln in table if ln.startswith("|"))
+
+
+def make_scheduler(search: str, budget: int, grace_steps: int | None = None, reduction_factor: int = 3):
+    """None for a grid; for ``asha`` an ASHA scheduler whose clock is the env step (``step`` in the reports)."""
+    if search == "grid":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        time_attr="step",
+        max_t=budget,
+        grace_period=grace_steps or max(1, budget // 4),
+        reduction_factor=reduction_factor,
+    )
 
 
 def sweep(
@@ -466,8 +482,8 @@ def sweep(
 
     Args:
         grid: Config field → values; the trials are their product over ``base``.
-        address: None: use this process's Ray, or start one on this machine; ``auto``, ``HOST:PORT`` or
-            ``ray://HOST:PORT``: a running cluster.
+        address: None: start Ray on this machine; ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``: a running
+            cluster. A process already connected to Ray (``ray.init``) sweeps there and ignores ``address``.
         max_concurrent: trials at once (None: the cluster's CPUs; each trial takes ``threads`` CPUs, default 1).
         gpus_per_trial: GPUs per trial (fractions share a GPU); > 0 runs trials with ``device=cuda``.
         search: ``grid`` (every trial to the end) or ``asha`` (ASHA stops weak trials early, budget in env steps:
@@ -499,14 +515,18 @@ def sweep(
     import ray
     from ray import tune
 
-    restore = _prepare_root(root, specs, resume)
+    if address is not None:
+        _check_address(address)
+    _check_root(root, specs, resume)
     started = False
-    if address is not None or not ray.is_initialized():
-        if ray.is_initialized():
-            ray.shutdown()
+    if not ray.is_initialized():
         start_ray(address)
         started = True
     try:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / SWEEP_FILE).write_text(json.dumps({"trials": specs}, indent=1))
+        experiment = f"{storage.rstrip('/')}/{EXPERIMENT}" if storage else str(root / EXPERIMENT)
+        restore = resume is not False and tune.Tuner.can_restore(experiment)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         max_concurrent = max_concurrent or cpus
         trainable = tune.with_resources(
@@ -515,17 +535,7 @@ def sweep(
             ),
             {"cpu": max(t.config.threads or 1 for t in trials), "gpu": gpus_per_trial},
         )
-        scheduler = None
-        if search == "asha":
-            from ray.tune.schedulers import ASHAScheduler
-
-            budget = max(t.config.total_steps for t in trials)
-            scheduler = ASHAScheduler(
-                time_attr="step",
-                max_t=budget,
-                grace_period=grace_steps or max(1, budget // 4),
-                reduction_factor=reduction_factor,
-            )
+        scheduler = make_scheduler(search, max(t.config.total_steps for t in trials), grace_steps, reduction_factor)
         run_config = tune.RunConfig(
             name=EXPERIMENT,
             storage_path=storage or str(root),
@@ -535,7 +545,7 @@ def sweep(
         )
         if restore:
             tuner = tune.Tuner.restore(
-                str(root / EXPERIMENT) if storage is None else f"{storage.rstrip('/')}/{EXPERIMENT}",
+                experiment,
                 trainable,
                 resume_unfinished=True,
                 resume_errored=True,
@@ -555,7 +565,6 @@ def sweep(
                 run_config=run_config,
             )
         results = tuner.fit()
-        interrupted = False
         failed = []
         for res in results:
             run_dir = root / res.config["name"]
@@ -563,14 +572,13 @@ def sweep(
                 failed.append(run_dir.name)
             else:
                 _fetch_run_dir(res, run_dir)
-            if not res.metrics.get("done") and res.error is None and search == "grid":
-                interrupted = True
+        interrupted = _unfinished(results) > 0
     finally:
         if started:
             ray.shutdown()
     run_dirs = [Path(s["run_dir"]) for s in specs if (Path(s["run_dir"]) / "eval.csv").exists()]
     report, table = None, ""
-    if run_dirs:
+    if run_dirs and not interrupted:
         report = write_report(run_dirs, root / "report", group_by)
         table = report_table(report)
     return SweepResult(root, run_dirs, report, table, failed, interrupted)
