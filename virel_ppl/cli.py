@@ -217,6 +217,7 @@ def run_sweep(args: SweepArgs) -> None:
                 flag = {"total_steps": "total-steps"}.get(name, name + "s")
                 raise ConfigError(f"--set {name}=...: use --{flag}.")
         base = Config(total_steps=args.total_steps)
+        every = extra.pop("checkpoint_every") if len(extra.get("checkpoint_every", ())) == 1 else [None]
         grid |= {k: v for k, v in extra.items() if len(v) > 1}
         base = dataclasses.replace(base, **{k: v[0] for k, v in extra.items() if len(v) == 1})
         result = sweep(
@@ -232,6 +233,7 @@ def run_sweep(args: SweepArgs) -> None:
             grace_steps=args.grace_steps,
             reduction_factor=args.reduction_factor,
             max_failures=args.max_failures,
+            checkpoint_every=every[0],
             tune_checkpoints=args.tune_checkpoints,
             storage=args.storage,
             resume=args.resume,

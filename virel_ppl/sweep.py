@@ -8,8 +8,8 @@ critic losses of the last ``train.csv`` row), so Tune's tables, loggers and sche
 At the end the multi-seed report (``virel_ppl.report.write_report``) is written to ``ROOT/report``.
 
 Checkpoints. A trial hands Tune a copy of its whole run directory whenever ``train()`` has just written
-``checkpoint.pt`` (the sweep sets ``checkpoint_every = eval_every`` unless ``checkpoint_every`` is in the grid or
-``base``), so a machine that shares no filesystem with the others can pick up a trial: Tune restores the copy into
+``checkpoint.pt`` (by default the sweep sets ``checkpoint_every = eval_every``: a checkpoint at every evaluation),
+so a machine that shares no filesystem with the others can pick up a trial: Tune restores the copy into
 the run directory and ``train(resume=...)`` continues exactly. The cost is a copy of ``checkpoint.pt`` (it holds
 the replay buffer: ~170 bytes per stored step on HalfCheetah) per checkpoint in Tune's storage, of which Tune keeps
 the latest only. ``tune_checkpoints=False`` skips the copies: a restarted trial then resumes from the
@@ -157,8 +157,13 @@ def _label(value: Any) -> str:
     return str(value)
 
 
-def plan(grid: Mapping[str, Sequence], base: Config | None = None) -> tuple[list[Trial], list[str]]:
+def plan(
+    grid: Mapping[str, Sequence], base: Config | None = None, checkpoint_every: int | None = None
+) -> tuple[list[Trial], list[str]]:
     """The trials of ``grid`` (field → values) over ``base``, and the fields that make a report group.
+
+    Each run checkpoints every ``checkpoint_every`` steps (None: at every evaluation, ``eval_every``) unless
+    ``checkpoint_every`` is in the grid.
 
     A run is named ``<env>__<algo>[__<guide>][__<elbo>][__<field>=<value>...]__<seed>``: env and algo always, the
     other fields when they take several values. Every config is checked (``Config.validate``) and every
@@ -178,16 +183,15 @@ def plan(grid: Mapping[str, Sequence], base: Config | None = None) -> tuple[list
             raise SweepError(f"{name} lists a value twice: {list(values)}.")
     axes = {k: list(v) for k, v in grid.items()}
     overrides: dict[str, Any] = {"progress": False}
-    if "checkpoint_every" not in axes and base.checkpoint_every == Config().checkpoint_every:
-        overrides["checkpoint_every"] = None  # filled per trial: = eval_every (see the module docstring)
     varying = [k for k, v in axes.items() if len(v) > 1]
-    order = [k for k in NAMED_AXES if k in axes] + [k for k in axes if k not in NAMED_AXES]
+    order = [k for k in NAMED_AXES[:-1] if k in axes] + [k for k in axes if k not in NAMED_AXES]
+    order += ["seed"] if "seed" in axes else []  # the seeds of a group side by side
     trials: list[Trial] = []
     for combo in itertools.product(*(axes[k] for k in order)):
         values = dict(zip(order, combo))
-        cfg = replace(base, **{k: v for k, v in overrides.items() if v is not None}, **values)
-        if overrides.get("checkpoint_every", 0) is None:
-            cfg = replace(cfg, checkpoint_every=cfg.eval_every)
+        cfg = replace(base, **overrides, **values)
+        if "checkpoint_every" not in axes:
+            cfg = replace(cfg, checkpoint_every=checkpoint_every or cfg.eval_every)
         parts = [cfg.env, cfg.algo]
         parts += [_label(values[k]) for k in ("guide", "elbo") if k in varying]
         parts += [f"{k}={_label(values[k])}" for k in order if k in varying and k not in NAMED_AXES]
@@ -472,6 +476,7 @@ def sweep(
     grace_steps: int | None = None,
     reduction_factor: int = 3,
     max_failures: int = 3,
+    checkpoint_every: int | None = None,
     tune_checkpoints: bool = True,
     resume: bool | str = False,
     hooks: Sequence[Hook] = (),
@@ -489,6 +494,7 @@ def sweep(
         search: ``grid`` (every trial to the end) or ``asha`` (ASHA stops weak trials early, budget in env steps:
             first decision at ``grace_steps``, default a quarter of the budget; keeps 1/``reduction_factor``).
         max_failures: restarts of a trial whose worker died (each from its last checkpoint).
+        checkpoint_every: env steps between checkpoints of each run (None: at every evaluation).
         tune_checkpoints: hand Tune a copy of the run directory at each checkpoint (see the module docstring).
         resume: True: continue the sweep saved in ``root`` (``Tuner.restore``: finished trials are not rerun);
             ``"auto"``: continue it when there is one; False: refuse a root that holds a sweep.
@@ -509,7 +515,7 @@ def sweep(
     base = base or Config()
     if gpus_per_trial > 0 and base.device == "cpu" and "device" not in grid:
         base = replace(base, device="cuda")
-    trials, group_by = plan(grid, base)
+    trials, group_by = plan(grid, base, checkpoint_every)
     specs = _spec_of(trials, root)
 
     import ray
