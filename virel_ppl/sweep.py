@@ -323,7 +323,7 @@ def _trainable(
         else:
             result = train(cfg, hooks=[*hooks, report])
     final = tune.Checkpoint.from_directory(str(run_dir)) if tune_checkpoints else None
-    tune.report({**_metrics(run_dir), "done": not result.interrupted}, checkpoint=final)
+    tune.report({**_metrics(run_dir), "finished": not result.interrupted}, checkpoint=final)
     if result.interrupted:
         raise RuntimeError(f"{run_dir.name} was stopped at step {result.steps}; it resumes from its checkpoint.")
 
@@ -432,12 +432,17 @@ def _fetch_run_dir(result, run_dir: Path) -> None:
         _restore_run_dir(run_dir, Path(src))
 
 
-def _unfinished(results) -> int:
-    """Trials that a Ctrl-C on the driver left running or pending (ASHA's early stops count as finished)."""
-    analysis = getattr(results, "_experiment_analysis", None)
-    if analysis is not None and hasattr(analysis, "trials"):
-        return sum(t.status not in ("TERMINATED", "ERROR") for t in analysis.trials)
-    return sum(res.error is None and not res.metrics.get("done") for res in results)  # grid: each ends with done
+def _unfinished(experiment: str, results) -> int:
+    """Trials that a Ctrl-C on the driver left running or pending (ASHA's early stops count as finished).
+
+    Read from the experiment state Tune saved: after a Ctrl-C, ``fit()`` returns with the stopped trials marked
+    terminated in memory, while the saved state keeps them running (which is what ``Tuner.restore`` resumes)."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        return sum(t.status not in ("TERMINATED", "ERROR") for t in ExperimentAnalysis(experiment).trials)
+    except Exception:  # an unreadable state: fall back on the last reports (a finished run reports finished)
+        return sum(res.error is None and not res.metrics.get("finished") for res in results)
 
 
 def report_table(report_md: Path) -> str:
@@ -578,7 +583,7 @@ def sweep(
                 failed.append(run_dir.name)
             else:
                 _fetch_run_dir(res, run_dir)
-        interrupted = _unfinished(results) > 0
+        interrupted = _unfinished(experiment, results) > 0
     finally:
         if started:
             ray.shutdown()
