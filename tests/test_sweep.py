@@ -132,6 +132,7 @@ def test_asha_scheduler_counts_env_steps():
         (["--algos", "virel", "nope"], "Unknown"),
         (["--envs", "NoSuchEnv-v0"], "NoSuchEnv-v0"),
         (["--max-concurrent", "0"], "--max-concurrent must be at least 1"),
+        (["--search", "asha", "--metric", "reward"], "--metric reward is not reported"),
         (["--address", "127.0.0.1:{port}"], "no Ray cluster answers there"),
         (["--address", "ray://127.0.0.1:{port}"], "no Ray cluster answers there"),
         (["--address", "nohostport"], "expected auto, HOST:PORT or ray://HOST:PORT"),

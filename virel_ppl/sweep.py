@@ -41,6 +41,8 @@ from virel_ppl.config import Config, ConfigError
 NAMED_AXES = ("env", "algo", "guide", "elbo", "seed")
 #: Config fields a sweep owns: the run directory comes from ``root`` and the trial name.
 RESERVED = ("run_dir",)
+#: Prefixes of the train.csv columns a trial reports (``critic/q_loss`` as ``critic_q_loss``, ...).
+STAT_PREFIXES = ("critic", "actor", "mpo", "sac")
 SWEEP_FILE = "sweep.json"
 EXPERIMENT = "tune"
 
@@ -511,6 +513,11 @@ def sweep(
     root = Path(root).resolve()
     if search not in ("grid", "asha"):
         raise SweepError(f"--search must be grid or asha, got {search!r}.")
+    if metric not in ("step", "return_mean", "return_std", "eps") and metric.split("_")[0] not in STAT_PREFIXES:
+        raise SweepError(
+            f"--metric {metric} is not reported; choose return_mean, return_std, eps or a train.csv column with "
+            "/ written as _ (critic_q_loss, actor_loss, sac_alpha, ...)."
+        )
     if mode not in ("max", "min"):
         raise SweepError(f"--mode must be max or min, got {mode!r}.")
     if max_concurrent is not None and max_concurrent < 1:
