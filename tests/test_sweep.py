@@ -24,9 +24,6 @@ from virel_ppl.config import Config
 from virel_ppl.logger import read_csv
 from virel_ppl.sweep import make_scheduler, parse_set, plan, sweep
 
-#: With ``pytest -n 2 --dist loadgroup`` the module stays on one worker: one Ray, one shared sweep fixture.
-pytestmark = pytest.mark.xdist_group("ray")
-
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 600
 BASE = Config(env="Pendulum-v1", total_steps=STEPS, **helpers.TINY)
