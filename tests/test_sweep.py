@@ -241,3 +241,21 @@ def test_ctrl_c_stops_the_sweep_and_resume_reruns_no_finished_trial(local_sweep,
     assert finished == {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in first.iterdir() if p.is_file()}
     assert _eval(second) == _eval(result.root / "Pendulum-v1__beta__1")  # continued exactly
     assert "| Pendulum-v1 · virel | 1 | 600 |" in done.stdout and "| Pendulum-v1 · beta | 1 | 600 |" in done.stdout
+
+
+def test_asha_stops_weak_trials_at_env_step_milestones(ray_local, tmp_path):
+    """One trial at a time, so ASHA's decisions follow from the returns at its milestone (step 200) alone: a trial
+    stops there when its return is below the top third of those recorded before it."""
+    result = sweep(
+        {"algo": ["virel", "beta", "mpo"], "seed": [0]}, BASE, tmp_path / "root", search="asha", grace_steps=200,
+        reduction_factor=3, max_concurrent=1, verbose=0,
+    )  # fmt: skip
+    assert not result.failed and not result.interrupted  # early stops are not a Ctrl-C
+    recorded: list[float] = []
+    for algo in ["virel", "beta", "mpo"]:
+        ev = _eval(tmp_path / "root" / f"Pendulum-v1__{algo}__0")
+        at_200 = ev["return_mean"][0]
+        stopped = bool(recorded) and at_200 < np.percentile(recorded, 100 * (1 - 1 / 3))
+        assert ev["step"] == ([200.0] if stopped else [200.0, 400.0, 600.0]), (algo, recorded, at_200)
+        recorded.append(at_200)
+    assert result.report is not None and len([r for r in result.table.splitlines() if "Pendulum-v1 ·" in r]) == 3
