@@ -199,6 +199,10 @@ def plan(
         parts += [f"{k}={_label(values[k])}" for k in order if k in varying and k not in NAMED_AXES]
         parts.append(str(cfg.seed))
         trials.append(Trial("__".join(parts).replace("/", "_"), cfg))
+    names = [t.name for t in trials]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise SweepError(f"Two trials would share a run directory ({', '.join(twice[:3])}): make the values distinct.")
     _check(trials)
     group_by = ["env", "algo"] + [k for k in order if k in varying and k not in ("env", "algo", "seed")]
     return trials, group_by
