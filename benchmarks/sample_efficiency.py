@@ -3,44 +3,42 @@
     python benchmarks/sample_efficiency.py                                   # the three tasks below, 3 seeds
     python benchmarks/sample_efficiency.py --tasks Pendulum-v1:10000 --seeds 0 1 2 --algos virel beta
     python benchmarks/sample_efficiency.py --jobs 2                          # two runs at a time (1 thread each)
+    python benchmarks/sample_efficiency.py --address auto                    # on a running Ray cluster
 
-Each run is a normal training run (``runs/bench/<env>__<algo>__<seed>``); a finished run is reused, so the
-script can be stopped and restarted. Prints a Markdown table and saves one learning-curve plot per task.
-SAC's published sample efficiency is the bar: Pendulum ≥ −200 by 10k steps, InvertedPendulum ≈ 1000 by 15k,
-HalfCheetah ≥ 3000 by 50k.
+Each task is one sweep on Ray Tune (``virel_ppl.sweep``, see docs/sweeps.md) into ``ROOT/<env>__<steps>/``, whose
+runs are normal training runs (``<env>__<algo>__<seed>``). Running the same command again continues that sweep
+(``Tuner.restore``): finished runs are kept, stopped ones resume exactly. Prints a Markdown table and saves one
+learning-curve plot per task. SAC's published sample efficiency is the bar: Pendulum ≥ −200 by 10k steps,
+InvertedPendulum ≈ 1000 by 15k, HalfCheetah ≥ 3000 by 50k.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from virel_ppl.config import Config
+from virel_ppl.config import Config, ConfigError
 from virel_ppl.logger import read_csv
 
 DEFAULT_TASKS = ["InvertedPendulum-v5:20000", "Pendulum-v1:10000", "HalfCheetah-v5:50000"]
 
 
-def run_one(env: str, steps: int, algo: str, seed: int, root: Path, extra: dict) -> Path:
-    from virel_ppl.train import train
+def run_task(env: str, steps: int, algos: list[str], seeds: list[int], root: Path, extra: dict, jobs: int | None):
+    """One task's sweep (algos × seeds); returns ``{algo: [run_dir per seed]}``."""
+    from virel_ppl.sweep import sweep
 
-    run_dir = root / f"{env}__{algo}__{seed}"
-    done = run_dir / "done.json"
-    if done.exists() and json.loads(done.read_text())["steps"] >= steps:
-        return run_dir
-    cfg = Config(env=env, algo=algo, seed=seed, total_steps=steps, run_dir=run_dir, progress=False, threads=1, **extra)
     eval_every = 2500 if steps >= 25_000 else 1000
-    cfg.eval_every, cfg.checkpoint_every = eval_every, eval_every
-    if (run_dir / "checkpoint.pt").exists():
-        result = train(resume=run_dir, overrides={"total_steps": steps})
-    else:
-        result = train(cfg)
-    done.write_text(json.dumps({"steps": result.steps, "final": result.final_eval_return}))
-    return run_dir
+    base = Config(env=env, total_steps=steps, eval_every=eval_every, progress=False, threads=1, **extra)
+    result = sweep(
+        {"env": [env], "algo": algos, "seed": seeds}, base, root / f"{env}__{steps}", max_concurrent=jobs,
+        resume="auto", verbose=1,
+    )  # fmt: skip
+    if result.failed or result.interrupted:
+        raise SystemExit(f"{env}: the sweep did not finish ({', '.join(result.failed) or 'stopped'}); run it again.")
+    return {algo: [result.root / f"{env}__{algo}__{seed}" for seed in seeds] for algo in algos}
 
 
 def main() -> None:
@@ -48,7 +46,8 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS, help="ENV:STEPS budgets")
     parser.add_argument("--algos", nargs="+", default=["virel"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (each single-threaded)")
+    parser.add_argument("--jobs", type=int, default=None, help="runs at once (each single-threaded); default: cores")
+    parser.add_argument("--address", default=None, help="a running Ray cluster (auto, HOST:PORT); default: local")
     parser.add_argument("--root", type=Path, default=Path("runs/bench"))
     parser.add_argument(
         "--extra", type=json.loads, default={}, help='Config overrides as JSON, e.g. {"hidden": [64, 64]}'
@@ -56,20 +55,25 @@ def main() -> None:
     args = parser.parse_args()
     if "hidden" in args.extra:
         args.extra["hidden"] = tuple(args.extra["hidden"])
-    jobs = [
-        (env, int(steps), algo, seed, args.root, args.extra)
-        for env, steps in (t.split(":") for t in args.tasks)
-        for algo in args.algos
-        for seed in args.seeds
-    ]
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        run_dirs = list(pool.map(run_one, *zip(*jobs)))
+    import ray
+
+    from virel_ppl.sweep import start_ray
+
+    try:
+        start_ray(args.address)  # once for all tasks
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None
+    try:
+        curves: dict[str, list] = {}
+        for env, steps in (t.split(":") for t in args.tasks):
+            runs = run_task(env, int(steps), args.algos, args.seeds, args.root, args.extra, args.jobs)
+            for algo, run_dirs in runs.items():
+                curves[f"{env}|{algo}|{steps}"] = [read_csv(d / "eval.csv") for d in run_dirs]
+    finally:
+        ray.shutdown()
 
     print("| env | algo | budget | seeds | final eval return (mean ± std) | best eval (mean) |")
     print("|---|---|---|---|---|---|")
-    curves: dict[str, list] = {}
-    for (env, steps, algo, _, _, _), run_dir in zip(jobs, run_dirs):
-        curves.setdefault(f"{env}|{algo}|{steps}", []).append(read_csv(run_dir / "eval.csv"))
     for key, runs in curves.items():
         env, algo, steps = key.split("|")
         finals = np.array([r["return_mean"][-1] for r in runs])

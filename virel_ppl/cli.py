@@ -1,5 +1,5 @@
 """Command line: ``virel_ppl train``, ``virel_ppl evaluate RUN_DIR``, ``virel_ppl diagnose RUN_DIR``,
-``virel_ppl report RUN_DIR...``.
+``virel_ppl report RUN_DIR...``, ``virel_ppl sweep`` (a grid of runs on Ray Tune).
 
 ``examples/mujoco_svi.py`` is the same ``train`` command as a script.
 """
@@ -252,8 +252,111 @@ def _preset_train_args(argv: list[str]) -> TrainArgs | None:
     return tyro.cli(TrainArgs, args=rest, default=defaults, prog="virel_ppl train")
 
 
+@dataclass
+class SweepArgs:
+    """A grid of training runs as Ray Tune trials: on this machine (as many at once as --max-concurrent), or on a
+    running Ray cluster with --address. Each trial is an ordinary run directory under --root; at the end the
+    report table is printed and its plots written to ROOT/report. See docs/sweeps.md."""
+
+    envs: tuple[str, ...] = ("InvertedPendulum-v5",)
+    """Environment ids."""
+    algos: tuple[str, ...] = ("virel",)
+    """Algorithm presets (virel, beta, virel2, mpo, mpo_np, sac, sac_auto, pseudo_likelihood)."""
+    guides: tuple[str, ...] = ("tanh_normal",)
+    """Policy families."""
+    elbos: tuple[str, ...] = ("trace",)
+    """E-step estimators."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Seeds (the runs of one report group)."""
+    set: Annotated[tuple[str, ...], tyro.conf.arg(name="set")] = ()
+    """Any other Config field: FIELD=V1,V2 (several values join the grid), e.g. --set batch_size=64,256
+    hidden=[64,64] tensorboard=false."""
+    total_steps: int = 15_000
+    """Environment steps of every run (the budget)."""
+    root: Path = Path("runs/sweep")
+    """Folder of the run directories, the report (ROOT/report) and Tune's state (ROOT/tune)."""
+    address: str | None = None
+    """None: start Ray on this machine; auto, HOST:PORT or ray://HOST:PORT: a running Ray cluster."""
+    max_concurrent: int | None = None
+    """Trials at once; None: the number of CPUs (each trial is single-threaded)."""
+    gpus_per_trial: float = 0.0
+    """GPUs per trial (fractions share one GPU); > 0 trains on cuda."""
+    search: Literal["grid", "asha"] = "grid"
+    """grid: every run to the end; asha: ASHA stops weak runs early (decisions at env-step milestones)."""
+    metric: str = "return_mean"
+    """Metric that ASHA compares (return_mean, return_std, eps, critic_q_loss, ...)."""
+    mode: Literal["max", "min"] = "max"
+    grace_steps: int | None = None
+    """asha: env steps before a run can be stopped; None: a quarter of --total-steps."""
+    reduction_factor: int = 3
+    """asha: keep the best 1/reduction-factor at each milestone."""
+    max_failures: int = 3
+    """Restarts of a trial whose worker dies (each resumes its run directory exactly)."""
+    tune_checkpoints: bool = True
+    """Hand Tune a copy of the run directory at each checkpoint (needed without a shared filesystem);
+    --no-tune-checkpoints keeps checkpoints in the run directories only."""
+    storage: str | None = None
+    """Tune's storage (a shared path or s3://... on a cluster); None: ROOT."""
+    resume: bool = False
+    """Continue the sweep saved in --root (after Ctrl-C): finished runs are kept, the others resume."""
+
+
+def run_sweep(args: SweepArgs) -> None:
+    from virel_ppl.sweep import parse_set, sweep
+
+    try:
+        grid: dict = {"env": list(args.envs), "algo": list(args.algos)}
+        grid |= {"guide": list(args.guides), "elbo": list(args.elbos), "seed": list(args.seeds)}
+        extra = parse_set(args.set)
+        for name in ("env", "algo", "guide", "elbo", "seed", "total_steps"):
+            if name in extra:
+                flag = {"total_steps": "total-steps"}.get(name, name + "s")
+                raise ConfigError(f"--set {name}=...: use --{flag}.")
+        base = Config(total_steps=args.total_steps)
+        every = extra.pop("checkpoint_every") if len(extra.get("checkpoint_every", ())) == 1 else [None]
+        grid |= {k: v for k, v in extra.items() if len(v) > 1}
+        base = dataclasses.replace(base, **{k: v[0] for k, v in extra.items() if len(v) == 1})
+        result = sweep(
+            grid,
+            base,
+            args.root,
+            address=args.address,
+            max_concurrent=args.max_concurrent,
+            gpus_per_trial=args.gpus_per_trial,
+            search=args.search,
+            metric=args.metric,
+            mode=args.mode,
+            grace_steps=args.grace_steps,
+            reduction_factor=args.reduction_factor,
+            max_failures=args.max_failures,
+            checkpoint_every=every[0],
+            tune_checkpoints=args.tune_checkpoints,
+            storage=args.storage,
+            resume=args.resume,
+        )
+    except (ConfigError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
+    except KeyboardInterrupt:
+        raise SystemExit(f"Sweep stopped; continue it with the same command and --resume (root {args.root}).") from None
+    if result.table:
+        print(result.table)
+        print(f"report: {result.report} (plots beside it); runs: {result.root}")
+    if result.failed:
+        raise SystemExit(
+            f"error: {len(result.failed)} trial(s) failed: {', '.join(result.failed)} (see {result.root}/tune)"
+        )
+    if result.interrupted:
+        raise SystemExit(f"Sweep stopped; continue it with the same command and --resume (root {args.root}).")
+
+
 def main(argv: list[str] | None = None) -> None:
-    commands = {"train": TrainArgs, "evaluate": EvaluateArgs, "diagnose": DiagnoseArgs, "report": ReportArgs}
+    commands = {
+        "train": TrainArgs,
+        "evaluate": EvaluateArgs,
+        "diagnose": DiagnoseArgs,
+        "report": ReportArgs,
+        "sweep": SweepArgs,
+    }
     argv = list(sys.argv[1:] if argv is None else argv)
     cmd = _preset_train_args(argv) or tyro.extras.subcommand_cli_from_dict(commands, args=argv, prog="virel_ppl")
     if isinstance(cmd, TrainArgs):
@@ -265,6 +368,8 @@ def main(argv: list[str] | None = None) -> None:
         run_diagnose(cmd)
     elif isinstance(cmd, ReportArgs):
         run_report(cmd)
+    elif isinstance(cmd, SweepArgs):
+        run_sweep(cmd)
     else:
         run_evaluate(cmd)
 

@@ -1,0 +1,261 @@
+"""Sweeps on Ray Tune: the grid, bad input, a local sweep with its report, a trial killed mid-run, Ctrl-C + --resume.
+
+Ray starts once for the module (2 CPUs, no dashboard); the sweeps are tiny (Pendulum-v1, 600 steps, helpers.TINY).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import helpers
+import numpy as np
+import pytest
+import ray
+
+from virel_ppl.cli import main
+from virel_ppl.config import Config
+from virel_ppl.logger import read_csv
+from virel_ppl.sweep import make_scheduler, parse_set, plan, sweep
+
+REPO = Path(__file__).resolve().parent.parent
+STEPS = 600
+BASE = Config(env="Pendulum-v1", total_steps=STEPS, **helpers.TINY)
+#: The same base as command-line flags.
+CLI_BASE = [
+    "--envs", "Pendulum-v1", "--total-steps", str(STEPS), "--set",
+    *(f"{k}={list(v) if isinstance(v, tuple) else v}".replace(" ", "") for k, v in helpers.TINY.items()
+      if k != "checkpoint_every"),
+]  # fmt: skip
+
+
+# --- hooks that travel to the trials (pickled by value: the workers cannot import this module) --------------------
+
+
+class RecordStart:
+    """Appends ``pid, first step, virel_ppl's path`` to a file when a trial process takes its first step."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.seen = path, False
+
+    def __call__(self, trainer, step: int) -> None:
+        if not self.seen:
+            import virel_ppl
+
+            self.seen = True
+            with open(self.path, "a") as fh:
+                fh.write(f"{os.getpid()},{step},{Path(virel_ppl.__file__).resolve().parent}\n")
+
+
+class KillOnce:
+    """SIGKILLs the trial's own process at ``step``, the first time only (a marker file remembers)."""
+
+    def __init__(self, step: int, marker: Path) -> None:
+        self.step, self.marker = step, marker
+
+    def __call__(self, trainer, step: int) -> None:
+        if step == self.step and not self.marker.exists():
+            self.marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _by_value() -> None:
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray for the module: 2 CPUs, no dashboard, a small object store; workers import this checkout."""
+    pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=100 * 1024**2,
+        runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+        logging_level="ERROR",
+    )
+    _by_value()
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def _eval(run_dir: Path) -> dict[str, list[float]]:
+    return read_csv(run_dir / "eval.csv")
+
+
+# --- the grid and bad input (no Ray) -------------------------------------------------------------------------------
+
+
+def test_plan_names_groups_and_checkpoints():
+    trials, group_by = plan({"algo": ["virel", "beta"], "seed": [0, 1], "batch_size": [32, 64]}, BASE)
+    names = [t.name for t in trials]
+    assert names[:2] == ["Pendulum-v1__virel__batch_size=32__0", "Pendulum-v1__virel__batch_size=32__1"]
+    assert len(set(names)) == 8
+    assert group_by == ["env", "algo", "batch_size"]
+    t = trials[-1].config
+    assert (t.algo, t.seed, t.batch_size, t.progress) == ("beta", 1, 64, False)
+    assert t.checkpoint_every == t.eval_every == 200  # a Tune checkpoint at every evaluation
+
+
+def test_parse_set_values():
+    got = parse_set(["hidden=[64,64],[32,32]", "num_particles=none,4", "gamma=0.9", 'extra={"mpo_kl_weight":2}'])
+    assert got == {
+        "hidden": [(64, 64), (32, 32)],
+        "num_particles": [None, 4],
+        "gamma": [0.9],
+        "extra": [{"mpo_kl_weight": 2.0}],
+    }
+
+
+def test_asha_scheduler_counts_env_steps():
+    asha = make_scheduler("asha", budget=10_000, grace_steps=None, reduction_factor=3)
+    assert asha._time_attr == "step" and asha._max_t == 10_000
+    assert make_scheduler("grid", 10_000) is None
+
+
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (["--set", "batch_sise=64"], "Config has no field 'batch_sise'. Did you mean batch_size?"),
+        (["--set", "batch_size=abc"], "'abc' is not a valid int"),
+        (["--set", "gamma=1.5"], "--gamma must be in [0, 1)"),
+        (["--set", "run_dir=x"], "use --root"),
+        (["--set", "seed=3"], "use --seeds"),
+        (["--algos", "virel", "nope"], "Unknown"),
+        (["--envs", "NoSuchEnv-v0"], "NoSuchEnv-v0"),
+        (["--max-concurrent", "0"], "--max-concurrent must be at least 1"),
+        (["--search", "asha", "--metric", "reward"], "--metric reward is not reported"),
+        (["--address", "127.0.0.1:{port}"], "no Ray cluster answers there"),
+        (["--address", "ray://127.0.0.1:{port}"], "no Ray cluster answers there"),
+        (["--address", "nohostport"], "expected auto, HOST:PORT or ray://HOST:PORT"),
+    ],
+)
+def test_bad_input_is_one_error_line_before_any_trial(tmp_path, flags, says):
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = tmp_path / "root"
+    argv = ["sweep", "--total-steps", "600", "--seeds", "0", "--root", str(root)]
+    argv += [] if "--envs" in flags else ["--envs", "Pendulum-v1"]
+    argv += [f.format(port=port) for f in flags]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    message = str(exc.value.code)
+    assert message.startswith("error: ") and "\n" not in message and says in message
+    assert not root.exists()  # nothing started, nothing written
+
+
+# --- sweeps on local Ray ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_sweep(ray_local, tmp_path_factory):
+    """2 algos × 2 seeds × 600 steps on Pendulum-v1, 2 trials at once."""
+    root = tmp_path_factory.mktemp("sweep")
+    starts = root.parent / "starts.csv"
+    result = sweep(
+        {"algo": ["virel", "beta"], "seed": [0, 1]}, BASE, root, max_concurrent=2, hooks=[RecordStart(starts)],
+        verbose=0,
+    )  # fmt: skip
+    return result, starts
+
+
+def test_local_sweep_runs_ordinary_run_dirs_and_reports(local_sweep, tmp_path):
+    result, starts = local_sweep
+    names = ["Pendulum-v1__virel__0", "Pendulum-v1__virel__1", "Pendulum-v1__beta__0", "Pendulum-v1__beta__1"]
+    assert not result.failed and not result.interrupted
+    assert sorted(p.name for p in result.run_dirs) == sorted(names)
+    for run_dir in result.run_dirs:
+        for f in ("config.json", "eval.csv", "checkpoint.pt", "train.csv"):
+            assert (run_dir / f).exists(), (run_dir, f)
+        assert _eval(run_dir)["step"] == [200.0, 400.0, 600.0]
+    # each trial ran this checkout's virel_ppl, in a process of its own
+    rows = [line.split(",") for line in starts.read_text().splitlines()]
+    assert len(rows) == 4 and len({r[0] for r in rows}) == 4
+    assert {Path(r[2]) for r in rows} == {REPO / "virel_ppl"}
+    # a trial's run is the run train() makes on its own
+    from virel_ppl.train import train
+
+    ref = train(replace(BASE, seed=1, checkpoint_every=200, progress=False, run_dir=tmp_path / "ref"))
+    assert _eval(result.root / "Pendulum-v1__virel__1") == _eval(ref.run_dir)
+    # the report table: one row per algo over its 2 seeds, mean of the final returns (IQM = mean below 4 seeds)
+    rows = [r for r in result.table.splitlines() if r.startswith("| Pendulum-v1")]
+    assert len(rows) == 2
+    for row, algo in zip(rows, ["virel", "beta"]):
+        finals = [_eval(result.root / f"Pendulum-v1__{algo}__{s}")["return_mean"][-1] for s in (0, 1)]
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[:3] == [f"Pendulum-v1 · {algo}", "2", "600"]
+        assert cells[3] == f"{np.mean(finals):.1f}" and cells[7] == f"{np.mean(finals):.1f}"
+    assert result.report == result.root / "report" / "report.md"
+    assert (result.root / "report" / "learning_curves.png").exists()
+
+
+def test_trial_killed_mid_run_restarts_and_ends_as_if_never_killed(local_sweep, tmp_path):
+    result, _ = local_sweep
+    marker, starts = tmp_path / "killed", tmp_path / "starts.csv"
+    killed = sweep(
+        {"algo": ["virel"], "seed": [0]}, BASE, tmp_path / "root", hooks=[KillOnce(500, marker), RecordStart(starts)],
+        max_failures=2, verbose=0,
+    )  # fmt: skip
+    assert marker.exists() and not killed.failed
+    first_steps = [int(line.split(",")[1]) for line in starts.read_text().splitlines()]
+    assert first_steps == [1, 401]  # restarted from the Tune checkpoint at step 400, not from scratch
+    run_dir = tmp_path / "root" / "Pendulum-v1__virel__0"
+    ref = result.root / "Pendulum-v1__virel__0"
+    assert _eval(run_dir) == _eval(ref)
+    assert read_csv(run_dir / "train.csv") == read_csv(ref / "train.csv")
+
+
+def test_ctrl_c_stops_the_sweep_and_resume_reruns_no_finished_trial(local_sweep, ray_local, tmp_path):
+    """Two trials one at a time through the CLI (a second driver on the module's Ray): Ctrl-C while the second runs,
+    then the same command with --resume."""
+    result, _ = local_sweep
+    root = tmp_path / "root"
+    argv = [sys.executable, "-m", "virel_ppl.cli", "sweep", *CLI_BASE, "--algos", "virel", "beta", "--seeds", "1"]
+    argv += ["--root", str(root), "--max-concurrent", "1", "--address", ray_local]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    first, second = root / "Pendulum-v1__virel__1", root / "Pendulum-v1__beta__1"
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and proc.poll() is None:
+        first_done = (first / "eval.csv").exists() and _eval(first).get("step", [0])[-1] == STEPS
+        if first_done and (second / "config.json").exists():
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.communicate()[0][-3000:]
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode != 0 and "--resume" in out, out[-3000:]
+    finished = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in first.iterdir() if p.is_file()}
+
+    done = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert finished == {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in first.iterdir() if p.is_file()}
+    assert _eval(second) == _eval(result.root / "Pendulum-v1__beta__1")  # continued exactly
+    assert "| Pendulum-v1 · virel | 1 | 600 |" in done.stdout and "| Pendulum-v1 · beta | 1 | 600 |" in done.stdout
+
+
+def test_asha_stops_weak_trials_at_env_step_milestones(ray_local, tmp_path):
+    """One trial at a time, so ASHA's decisions follow from the returns at its milestone (step 200) alone: a trial
+    stops there when its return is below the top third of those recorded before it."""
+    result = sweep(
+        {"algo": ["virel", "beta", "mpo"], "seed": [0]}, BASE, tmp_path / "root", search="asha", grace_steps=200,
+        reduction_factor=3, max_concurrent=1, verbose=0,
+    )  # fmt: skip
+    assert not result.failed and not result.interrupted  # early stops are not a Ctrl-C
+    recorded: list[float] = []
+    for algo in ["virel", "beta", "mpo"]:
+        ev = _eval(tmp_path / "root" / f"Pendulum-v1__{algo}__0")
+        at_200 = ev["return_mean"][0]
+        stopped = bool(recorded) and at_200 < np.percentile(recorded, 100 * (1 - 1 / 3))
+        assert ev["step"] == ([200.0] if stopped else [200.0, 400.0, 600.0]), (algo, recorded, at_200)
+        recorded.append(at_200)
+    assert result.report is not None and len([r for r in result.table.splitlines() if "Pendulum-v1 ·" in r]) == 3
