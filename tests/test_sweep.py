@@ -143,7 +143,7 @@ def test_bad_input_is_one_error_line_before_any_trial(tmp_path, flags, says):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     root = tmp_path / "root"
-    argv = ["sweep", "--total-steps", "600", "--seeds", "0", "--root", str(root)]
+    argv = ["sweep", "--total-steps", "1200", "--seeds", "0", "--root", str(root)]  # past the default warm-up
     argv += [] if "--envs" in flags else ["--envs", "Pendulum-v1"]
     argv += [f.format(port=port) for f in flags]
     with pytest.raises(SystemExit) as exc:

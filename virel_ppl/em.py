@@ -253,7 +253,7 @@ def _sample(d) -> torch.Tensor:
     """A sample without gradient. ``rsample`` where there is one: the same numbers as ``sample`` on CPU, without
     ``torch.normal``'s host-side check of the scale (a device synchronisation on a GPU)."""
     with torch.no_grad():
-        return d.rsample() if d.has_rsample else d.sample()
+        return d.rsample() if getattr(d, "has_rsample", False) else d.sample()
 
 
 def soft_value_target(alpha: float | Callable[[], torch.Tensor]) -> ValueTarget:

@@ -26,11 +26,8 @@ import json
 import math
 import os
 import shutil
-import signal
 import socket
-import threading
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -269,25 +266,6 @@ def _metrics(run_dir: Path) -> dict[str, float]:
     return out
 
 
-@contextmanager
-def _signals_off_main_thread():
-    """Tune runs a trial's function in a worker thread, where ``signal.signal`` raises; ``train()`` installs its
-    Ctrl-C handler with it. While this is active, such calls from other threads are skipped (Tune, not a signal,
-    stops a trial); calls from the main thread are unchanged."""
-    original = signal.signal
-
-    def guarded(signum, handler):
-        if threading.current_thread() is threading.main_thread():
-            return original(signum, handler)
-        return signal.getsignal(signum)
-
-    signal.signal = guarded
-    try:
-        yield
-    finally:
-        signal.signal = original
-
-
 def _restore_run_dir(run_dir: Path, source: Path) -> None:
     """Make ``run_dir`` an exact copy of a Tune checkpoint of it."""
     if run_dir.exists():
@@ -323,11 +301,11 @@ def _trainable(
             ckpt = tune.Checkpoint.from_directory(str(run_dir))  # copied into Tune's storage before this returns
         tune.report(_metrics(run_dir), checkpoint=ckpt)
 
-    with _signals_off_main_thread():
-        if (run_dir / CHECKPOINT).exists():
-            result = train(resume=run_dir, hooks=[*hooks, report])
-        else:
-            result = train(cfg, hooks=[*hooks, report])
+    # train() installs its Ctrl-C/SIGTERM handlers only on the main thread; in Tune's worker thread Tune stops a trial
+    if (run_dir / CHECKPOINT).exists():
+        result = train(resume=run_dir, hooks=[*hooks, report])
+    else:
+        result = train(cfg, hooks=[*hooks, report])
     final = tune.Checkpoint.from_directory(str(run_dir)) if tune_checkpoints else None
     tune.report({**_metrics(run_dir), "finished": not result.interrupted}, checkpoint=final)
     if result.interrupted:
