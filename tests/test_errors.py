@@ -133,6 +133,8 @@ def test_device_mps_without_mps_is_one_line(pendulum_run, tmp_path):
     assert "--device mps" in message and "no MPS device" in message and "--device cpu" in message
     message = cli_error(["evaluate", str(pendulum_run), "--device", "mps", "--episodes", "1"])
     assert "no MPS device" in message
+    message = cli_error(["diagnose", str(pendulum_run), "--device", "mps", "--num-samples", "10"])
+    assert "no MPS device" in message
 
 
 def test_evaluate_zero_episodes_is_one_line(pendulum_run):

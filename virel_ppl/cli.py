@@ -221,6 +221,7 @@ class ReportArgs:
 def run_diagnose(args: DiagnoseArgs) -> None:
     from virel_ppl.diagnostics import diagnose_run
 
+    check_device(args.device)
     post, paths = diagnose_run(
         args.run_dir, args.out, args.num_states, args.states, args.num_samples, args.eps, args.seed, args.device
     )
