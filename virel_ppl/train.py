@@ -197,9 +197,23 @@ class Trainer:
         random.setstate(rng["python"])
         self.saved_step = self.step
 
+    def check_diverged(self, step: int) -> None:
+        """Raise ``ConfigError`` naming the first update whose statistics were NaN/inf (one host sync: the agent keeps
+        that record on the device at every update)."""
+        bad = self.agent.first_nonfinite_step()
+        if bad is not None:
+            raise ConfigError(
+                f"The critic diverged: training statistics became NaN/inf at step {bad} (seen at step {step}; "
+                f"no checkpoint was written from then on). Lower --critic-lr or --policy-lr, or start a new run "
+                "with a smaller --reward-scale: a --resume cannot change it, as the replay buffer already holds "
+                "rewards multiplied by the old scale."
+            )
+
     def save(self, path: Path | None = None) -> Path:
         """Write the checkpoint (default ``run_dir/checkpoint.pt``; the one it replaces is kept as
-        ``checkpoint.prev.pt``). Refuses (``ConfigError``) to write from an agent holding NaN or inf."""
+        ``checkpoint.prev.pt``). Refuses (``ConfigError``) after a non-finite update, or to write from an agent
+        holding NaN or inf."""
+        self.check_diverged(self.step)
         path = Path(path) if path is not None else self.config.run_dir / CHECKPOINT
         state = self.state_dict()
         check_finite(state["agent"], self.step)
@@ -320,16 +334,6 @@ def _loop(trainer: Trainer, logger: RunLogger, hooks: Sequence[Hook]) -> RunResu
     early_q_loss: list[float] = []  # the first logged critic losses: the level that divergence is measured against
     warned_growth = False
 
-    def check_finite(step: int) -> None:  # one host sync: the update-by-update record kept on the device
-        bad = agent.first_nonfinite_step()
-        if bad is not None:
-            raise ConfigError(
-                f"The critic diverged: training statistics became NaN/inf at step {bad} (seen at step {step}; "
-                f"no checkpoint was written from then on). Lower --critic-lr or --policy-lr, or start a new run "
-                "with a smaller --reward-scale: a --resume cannot change it, as the replay buffer already holds "
-                "rewards multiplied by the old scale."
-            )
-
     # Pyro's argument checks cost a device sync per distribution; NaN is recorded on the device at every update.
     try:
         with pyro.validation_enabled(False):
@@ -341,10 +345,10 @@ def _loop(trainer: Trainer, logger: RunLogger, hooks: Sequence[Hook]) -> RunResu
                 if episode is not None:
                     logger.log("episodes", step, {"return": episode["r"], "length": episode["l"]})
                 if stats and step % cfg.log_every == 0:
-                    check_finite(step)
+                    trainer.check_diverged(step)
                     row = logger.log("train", step, stats)
                     if not all(math.isfinite(v) for v in row.values()):
-                        check_finite(step)  # names the step if the record saw it; else the row is the evidence
+                        trainer.check_diverged(step)  # names the step if the record saw it; else the row says it
                         raise ConfigError(f"Non-finite training statistics at step {step}: {row}.")
                     q_loss = row.get("critic/q_loss", 0.0)
                     if len(early_q_loss) < 3:
@@ -369,13 +373,11 @@ def _loop(trainer: Trainer, logger: RunLogger, hooks: Sequence[Hook]) -> RunResu
                         diag = training_diagnostics(agent, states, float(stats["eps"]), seed=cfg.seed + step)
                         logger.log("diagnostics", step, diag)
                 if step % cfg.checkpoint_every == 0:
-                    check_finite(step)  # never checkpoint a non-finite state
                     trainer.save(ckpt)
                 for hook in hooks:
                     hook(trainer, step)
                 bar.update(1)
             if trainer.saved_step != trainer.step:
-                check_finite(trainer.step)
                 trainer.save(ckpt)
             if (run_dir / "eval.csv").exists():  # still under our handlers: a second Ctrl-C here changes nothing
                 plot_learning_curve(run_dir / "eval.csv", run_dir / "learning_curve.png", f"{cfg.env} — {cfg.algo}")
