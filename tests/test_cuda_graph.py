@@ -72,10 +72,10 @@ def _agent(algo: str, guide: str, elbo: str, static: bool, **cfg) -> VirelAgent:
     agent = VirelAgent(
         OBS_DIM, actions, Config(algo=algo, guide=guide, elbo=elbo, hidden=(8, 8), mpo_num_actions=4, **cfg)
     )
-    # the GPU's E-step: Pyro's per-site values stay tensors (on CPU the default turns them into floats)
-    agent.fast_e_step.sync_free = True
     if static and agent.graphed is None:
-        agent.graphed = GraphedUpdate(agent, capture=False)
+        agent.graphed = GraphedUpdate(agent, capture=False)  # sets the E-step's sync_free, as on a GPU
+    elif not static:  # the GPU's eager E-step: Pyro's per-site values stay tensors (the CPU's default: floats)
+        agent.fast_e_step.sync_free = True
     return agent
 
 

@@ -97,6 +97,16 @@ def announce_eager(reason: str) -> None:
     )
 
 
+def update_path(agent: VirelAgent) -> str:
+    """Which update ``agent`` runs now, in words: the CUDA graph, or eager and why (for benchmarks and logs)."""
+    graphed = agent.graphed
+    if graphed is not None and graphed.replaying:
+        return "CUDA graph (captured once, replayed)" if graphed.capture else "static buffers, no graph"
+    if graphed is not None and graphed.failed is None:
+        return f"eager warm-up ({graphed.warmed} of {graphed.warmup} before capture)"
+    return f"eager ({graphed.failed if graphed is not None else agent.graph_refusal})"
+
+
 class GraphedUpdate:
     """``agent.update`` as one replay of a captured CUDA graph (``capture=True``, CUDA only), or the same
     static-buffer update run eagerly (``capture=False``: any device; what the CPU tests check).

@@ -296,7 +296,7 @@ def nonparametric_mpo_after_update(agent: VirelAgent, batch: Batch) -> dict[str,
     old_policy = agent.extras["old_policy"]
     with torch.no_grad():
         old = old_policy.distribution(batch.obs).expand([2, batch.obs.shape[0]])
-        kl = policy_kl(old, agent.policy.distribution(batch.obs).expand(old.batch_shape), old.sample())
+        kl = policy_kl(old, agent.policy.distribution(batch.obs).expand(old.batch_shape), _sample(old))
     old_policy.step()
     return {"mpo/kl": kl, **agent.extras["mpo"].last}
 
