@@ -191,8 +191,13 @@ class GraphedUpdate:
             groups[g].append(value)
         if self.layout and layout != self.layout:
             raise Uncapturable("the update returns other statistics from one update to the next")
+        stacked = [torch.stack(values) for values in groups]
+        if self.layout:  # written into the same tensors at every run, as a replay writes its outputs
+            for out, values in zip(self.static_out, stacked, strict=True):
+                out.copy_(values)
+        else:
+            self.static_out = stacked
         self.layout = layout
-        self.static_out = [torch.stack(values) for values in groups]
 
     # --- around it -------------------------------------------------------------------------------------------
 
