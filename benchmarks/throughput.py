@@ -4,6 +4,9 @@
     python benchmarks/throughput.py --vs-sb3 --device cuda --steps 2000
     python benchmarks/throughput.py --steps 200                     # no SB3: our step and the E-step only
 
+On ``--device cuda`` the trainer's update is one replayed CUDA graph (``virel_ppl/graphs.py``; ``--no-cuda-graph`` in
+training turns it off); the output says which update ran (graph, or eager and why). Not yet run on a GPU.
+
 Everything runs in one process, one torch thread (``--threads``), on one device, so that both sides see the same
 machine load: the timed environment steps are cut into blocks that alternate between virel_ppl and SB3 (and, for
 the E-step table, between the implementations), and each figure is the median over blocks. Both learners use the
@@ -32,6 +35,7 @@ import torch
 
 from virel_ppl.config import Config
 from virel_ppl.em import adam, e_step, frozen, m_step
+from virel_ppl.graphs import update_path
 from virel_ppl.train import Trainer
 
 WARMUP = 1000
@@ -170,6 +174,7 @@ def e_step_costs(args, n: int, blocks: int = 9) -> dict[str, float]:
                     fn()
                 _sync(args.device)
                 times[name].append((time.perf_counter() - start) / n)
+    print(f"whole update ran as: {update_path(agent)}")
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -210,6 +215,9 @@ def main() -> None:
     print("| learner | env steps/s |\n|---|---|")
     for name, rate in rates.items():
         print(f"| {name} | {rate:.1f} |")
+    for name, runner in runners.items():
+        if isinstance(runner, Ours):
+            print(f"{name}: updates ran as {update_path(runner.trainer.agent)}")
     if args.vs_sb3:
         print(f"ratio_vs_sb3 {rates['virel_ppl'] / rates['SB3 SAC']:.2f}")
     print(f"estep_overhead {costs[OURS_E_STEP] / base:.2f}")

@@ -17,7 +17,7 @@ import torch
 from pyro.infer import SVI
 from pyro.infer.elbo import ELBO
 
-from virel_ppl import variants
+from virel_ppl import graphs, variants
 from virel_ppl.actions import ActionBox
 from virel_ppl.config import Config, ConfigError
 from virel_ppl.critics import Critic
@@ -60,7 +60,10 @@ class Variant:
     - ``extras(agent)``: extra state, built first and kept in ``agent.extras`` (old policy, log α, duals);
       each value has ``state_dict``/``load_state_dict`` and is saved in checkpoints;
     - ``after_update(agent, batch)``: runs after each update (MPO's slow prior update, SAC's α step) and may
-      return statistics to log.
+      return statistics to log;
+    - ``after_update_in_graph``: whether the CUDA-graph update (``graphs.py``) captures ``after_update`` with the
+      rest of the update (True), or runs it eagerly after each replay (False: the hook branches on host-side state,
+      such as MPO's count of updates between copies of π_old, which a captured graph would freeze).
     """
 
     model: Callable
@@ -73,6 +76,7 @@ class Variant:
     critic: Callable[..., Critic] = Critic
     extras: Callable[[VirelAgent], dict] = lambda agent: {}
     after_update: Callable[[VirelAgent, Batch], dict | None] | None = None
+    after_update_in_graph: bool = True
     description: str = ""
 
 
@@ -109,6 +113,7 @@ VARIANTS: dict[str, Variant] = {
         prior=lambda agent: agent.extras["old_policy"].distribution,
         extras=lambda agent: {"old_policy": variants.old_policy(agent, period=1000)},
         after_update=_step_old_policy,
+        after_update_in_graph=False,  # OldPolicy.step counts updates on the host
         description="MPO (VIREL App. G): prior π_old, so the ELBO is E[Q]/ε − KL(π_θ‖π_old); π_old follows π_θ slowly.",
     ),
     "mpo_np": Variant(
@@ -121,6 +126,7 @@ VARIANTS: dict[str, Variant] = {
             "mpo": variants.nonparametric_mpo(agent),
         },
         after_update=variants.nonparametric_mpo_after_update,
+        after_update_in_graph=False,  # OldPolicy.step counts updates on the host
         description="Classic MPO: MPO's model, but importance-weighted ML (η and KL bound by duals) in place of SVI.",
     ),
     "sac": Variant(
@@ -134,7 +140,12 @@ VARIANTS: dict[str, Variant] = {
         eps_rule=lambda agent: agent.extras["alpha"].epsilon_rule,
         extras=lambda agent: {
             "alpha": variants.Temperature(
-                agent.config.alpha, agent.box.dim, agent.config.target_entropy, agent.config.dual_lr, agent.device
+                agent.config.alpha,
+                agent.box.dim,
+                agent.config.target_entropy,
+                agent.config.dual_lr,
+                agent.device,
+                capturable=agent.capturable,
             )
         },
         after_update=_sac_auto_update,
@@ -162,14 +173,16 @@ def lookup(registry: dict, name: str, what: str):
 class NonFiniteRecord:
     """The step of the first update whose statistics held NaN/inf, kept on the device (-1: none so far).
 
-    ``record`` costs a few small device ops and no host synchronisation; ``first`` reads it (one sync).
+    ``record`` costs a few small device ops and no host synchronisation; ``first`` reads it (one sync). It updates
+    ``self.step`` in place, and ``step`` may be a 0-d device tensor: a CUDA graph that captured ``record`` keeps
+    reading and writing the same tensor at every replay, with the step of each replay.
     """
 
     def __init__(self, device: torch.device) -> None:
         self.step = torch.full((), -1, dtype=torch.long, device=device)
 
     @torch.no_grad()
-    def record(self, values, step: int) -> None:
+    def record(self, values, step: int | torch.Tensor) -> None:
         scalars, others, finite_floats = [], [], True
         for v in values:
             if not isinstance(v, torch.Tensor):
@@ -179,7 +192,7 @@ class NonFiniteRecord:
         finite = torch.stack(scalars + [v.float().sum() for v in others]).isfinite().all()
         if not finite_floats:
             finite = torch.zeros_like(finite)
-        self.step = torch.where(finite | (self.step >= 0), self.step, step)
+        self.step.copy_(torch.where(finite | (self.step >= 0), self.step, step))
 
     def first(self) -> int | None:
         step = int(self.step)
@@ -212,19 +225,28 @@ class VirelAgent:
             policy = lookup(GUIDES, config.guide, "guide")(obs_dim, box, hidden=config.hidden)
         self.policy = policy.to(self.device)
         self.critic = self.variant.critic(obs_dim, box.dim, hidden=config.hidden).to(self.device)
-        self.critic_optim = adam(self.critic.trainable_parameters(), config.critic_lr, config.fused_adam)
-        self.extras: dict = self.variant.extras(self)  # the variant's own state, saved with the agent
         check_guide_fits(self.policy, box)  # continuous guide ↔ Box, categorical ↔ Discrete
-        if self.variant.loss is not None:
-            self.elbo = self.variant.loss(self)
-        else:  # fails here, at start-up, for guide × estimator pairs that cannot work
-            estimator = elbo if elbo is not None else config.elbo
-            self.elbo = make_elbo(estimator, self.policy, config.num_particles, config.renyi_alpha)
+        estimator = None
+        if self.variant.loss is None:  # fails here, at start-up, for guide × estimator pairs that cannot work
+            estimator = make_elbo(
+                elbo if elbo is not None else config.elbo, self.policy, config.num_particles, config.renyi_alpha
+            )
+        # Why the whole update cannot be one CUDA graph here (None: it will be). Known before any optimiser is
+        # built, so that they keep their step counters on the device exactly when the update is captured (em.adam).
+        self.graph_refusal = graphs.refusal(config, self.device, estimator)
+        self.capturable = self.graph_refusal is None
+        self.critic_optim = adam(
+            self.critic.trainable_parameters(), config.critic_lr, config.fused_adam, capturable=self.capturable
+        )
+        self.extras: dict = self.variant.extras(self)  # the variant's own state, saved with the agent
+        self.elbo = self.variant.loss(self) if self.variant.loss is not None else estimator
         guide = self.variant.guide(self)
         self.svi = SVI(self.variant.model, guide, pyro.optim.Adam({"lr": config.policy_lr}), self.elbo)
         # the E-step the trainer runs: the same model, guide and loss without SVI.step's overheads (em.FastEStep)
         self.fast_e_step = (
-            FastEStep(self.variant.model, guide, self.elbo, config.policy_lr, config.fused_adam)
+            FastEStep(
+                self.variant.model, guide, self.elbo, config.policy_lr, config.fused_adam, capturable=self.capturable
+            )
             if config.fast_update
             else None
         )
@@ -235,13 +257,35 @@ class VirelAgent:
         self.prior = self.variant.prior(self)
         # Each agent keeps its own Pyro param store, so agents in one process never share parameters.
         self.param_state: dict = {"params": {}, "constraints": {}}
+        # On a GPU, the whole update as one CUDA graph (graphs.py); None: every update runs eagerly (the CPU).
+        self.graphed: graphs.GraphedUpdate | None = None
+        if self.graph_refusal is None:
+            self.graphed = graphs.GraphedUpdate(self, capture=self.device.type == "cuda")
+        elif config.cuda_graph and self.device.type == "cuda":
+            graphs.announce_eager(self.graph_refusal)
 
     def update(self, batch: Batch, step: int | None = None) -> dict[str, torch.Tensor | float]:
         """One variational-EM update on a batch: M-step (critic), E-step (guide), target update.
 
         Statistics stay tensors (read them when logging). Whether any is NaN/inf is recorded on the device under
         ``step`` (the trainer's environment step; default: the count of updates), see :meth:`first_nonfinite_step`.
+        On a GPU the update is one replay of a CUDA graph (``self.graphed``, ``graphs.py``): the same operations.
         """
+        if self.graphed is not None:
+            return self.graphed(batch, step)
+        return self.eager_update(batch, step)
+
+    def eager_update(self, batch: Batch, step: int | None = None) -> dict[str, torch.Tensor | float]:
+        """:meth:`update` run op by op from Python (the CPU's path, and the GPU's without a graph)."""
+        stats = self.update_body(batch, self.updates + 1 if step is None else step)
+        self.updates += 1
+        return stats
+
+    def update_body(
+        self, batch: Batch, step: int | torch.Tensor, after_update: bool = True
+    ) -> dict[str, torch.Tensor | float]:
+        """The operations of one update, in order, recorded under ``step``; the CUDA graph captures exactly this
+        (with ``after_update=False`` when the variant's hook must run on the host after each replay)."""
         stats: dict[str, torch.Tensor | float] = m_step(
             self.critic, self.critic_optim, batch, self.policy, self.config.gamma, self.value_target
         )
@@ -253,12 +297,11 @@ class VirelAgent:
         else:
             loss = self._pyro_scoped(lambda: e_step(self.svi, self.critic, batch.obs, **kwargs))
         self.critic.update_target(self.config.tau)
-        if self.variant.after_update is not None:
+        if after_update and self.variant.after_update is not None:
             stats.update(self.variant.after_update(self, batch) or {})
         stats["actor/loss"] = loss
         stats["eps"] = eps
-        self.updates += 1
-        self.nonfinite.record(stats.values(), self.updates if step is None else step)
+        self.nonfinite.record(stats.values(), step)
         return stats
 
     def first_nonfinite_step(self) -> int | None:
@@ -288,6 +331,8 @@ class VirelAgent:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        if self.graphed is not None:  # optimisers get new state tensors: a captured graph would update the old ones
+            self.graphed.reset()
         self.policy.load_state_dict(state["policy"])
         self.critic.load_state_dict(state["critic"])
         load_optimizer_state(self.critic_optim, state["critic_optim"])

@@ -43,7 +43,8 @@ CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
 PARTIAL = "checkpoint.tmp"
 
-#: Config fields that a resume may change: the budget, the bookkeeping intervals and how the run is shown.
+#: Config fields that a resume may change: the budget, the bookkeeping intervals, how the run is shown, and whether a
+#: GPU replays the update as a CUDA graph (the same operations either way, see graphs.py).
 RESUMABLE: tuple[str, ...] = (
     "total_steps",
     "eval_every",
@@ -53,6 +54,7 @@ RESUMABLE: tuple[str, ...] = (
     "threads",
     "tensorboard",
     "progress",
+    "cuda_graph",
 )
 
 #: Files and folders a run writes into its directory (besides ``*.csv``): what ``--overwrite`` removes.

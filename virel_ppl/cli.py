@@ -61,8 +61,8 @@ class TrainArgs:
     config: Annotated[Config, tyro.conf.arg(name="")] = field(default_factory=Config)
     resume: Path | None = None
     """Continue the run saved in this directory. Every flag given is applied; only --total-steps, --eval-every,
-    --eval-episodes, --log-every, --checkpoint-every, --threads, --[no-]tensorboard and --[no-]progress may change,
-    any other flag must repeat the saved value."""
+    --eval-episodes, --log-every, --checkpoint-every, --threads, --[no-]tensorboard, --[no-]progress and
+    --[no-]cuda-graph may change, any other flag must repeat the saved value."""
     overwrite: bool = False
     """Start a new run in --run-dir even if it holds one: that run's logs and checkpoints are removed first."""
 

@@ -166,6 +166,10 @@ class Config:
     fused_adam: bool = False
     """Fused Adam kernels for the critic and the guide: faster, but rounds differently in the last bit, so runs
     differ from recorded ones; off keeps multi-tensor (foreach) Adam, bit-identical to per-tensor Adam."""
+    cuda_graph: bool = True
+    """On a CUDA device, capture the whole update (M-step, ε, E-step, target update) once as a CUDA graph and replay
+    it (one launch per update; virel_ppl/graphs.py); what cannot be captured runs eagerly with a warning. No effect
+    on CPU. --no-cuda-graph runs every update eagerly, for debugging."""
 
     def resolved_reward_scale(self) -> float:
         return self.reward_scale if self.reward_scale is not None else REWARD_SCALES.get(_task(self.env), 1.0)

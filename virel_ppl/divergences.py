@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyro.distributions as dist
+import pyro.infer.trace_elbo as trace_elbo
 import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import (
@@ -155,7 +156,8 @@ class ScaledTailAdaptiveELBO(TraceTailAdaptive_ELBO):
         gamma = tail_count.pow(self.tail_adaptive_beta)
         per_state = (log_pq * gamma).sum(0) / gamma.sum(0)
         # Trace_ELBO divides both by num_particles: the loss is the particle-mean ELBO, the gradient ∇Σ_s per_state
-        return -log_pq.detach().sum().item(), -self.num_particles * per_state.sum()
+        # the loss as trace_elbo's torch_item gives it: a float, or a device tensor in the fast E-step (no host sync)
+        return trace_elbo.torch_item(-log_pq.detach().sum()), -self.num_particles * per_state.sum()
 
 
 class EnumELBO(TraceEnum_ELBO):

@@ -78,18 +78,33 @@ def e_step(svi: SVI, critic: Critic, states: torch.Tensor, eps: float | torch.Te
     return loss
 
 
-def adam(params, lr: float, fused: bool = False) -> torch.optim.Adam:
+def adam(params, lr: float, fused: bool = False, capturable: bool = False) -> torch.optim.Adam:
     """One torch Adam over all ``params``: multi-tensor (``foreach``, bit-identical to one single-tensor Adam per
-    parameter, which is what ``pyro.optim.Adam`` keeps) or ``fused`` (faster, rounds differently in the last bit)."""
-    return torch.optim.Adam(params, lr=lr, fused=True) if fused else torch.optim.Adam(params, lr=lr, foreach=True)
+    parameter, which is what ``pyro.optim.Adam`` keeps) or ``fused`` (faster, rounds differently in the last bit).
+
+    ``capturable`` (CUDA only; the CUDA-graph update, ``graphs.py``) keeps Adam's step counters on the device and
+    computes its bias corrections there, so that a captured ``step()`` reads no host number; it rounds the bias
+    corrections differently from the host's float arithmetic (last bits)."""
+    kernel = {"fused": True} if fused else {"foreach": True}
+    return torch.optim.Adam(params, lr=lr, capturable=capturable, **kernel)
 
 
 def load_optimizer_state(optim: torch.optim.Optimizer, state: dict) -> None:
-    """``optim.load_state_dict(state)`` keeping ``optim``'s own kernel choice (foreach/fused): a checkpoint written
-    with another choice (or before there was one) would otherwise switch the optimiser to the saved one."""
+    """``optim.load_state_dict(state)`` keeping ``optim``'s own kernel choice (foreach/fused) and ``capturable``: a
+    checkpoint written with another choice (or before there was one) would otherwise switch the optimiser to the
+    saved one. Step counters go where ``optim`` keeps them: on the parameters' device when capturable or fused (torch
+    moves them), on the host otherwise (a capturable checkpoint holds them on the device)."""
     own = optim.state_dict()["param_groups"]
-    groups = [{**g, "foreach": o.get("foreach"), "fused": o.get("fused")} for g, o in zip(state["param_groups"], own)]
+    keys = ("foreach", "fused", "capturable")
+    groups = [{**g, **{k: o.get(k) for k in keys}} for g, o in zip(state["param_groups"], own)]
     optim.load_state_dict({**state, "param_groups": groups})
+    for group in optim.param_groups:
+        if group.get("capturable") or group.get("fused"):
+            continue
+        for p in group["params"]:
+            step = optim.state.get(p, {}).get("step")
+            if isinstance(step, torch.Tensor) and step.device.type != "cpu":
+                optim.state[p]["step"] = step.to("cpu")
 
 
 # Pyro's ELBOs turn per-site log-densities into Python floats (``torch_item``) and test the loss for NaN on the
@@ -142,8 +157,10 @@ class FastEStep:
         lr: float,
         fused: bool = False,
         sync_free: bool | None = None,
+        capturable: bool = False,
     ) -> None:
         self.model, self.guide, self.loss, self.lr, self.fused = model, guide, loss, lr, fused
+        self.capturable = capturable  # Adam's step counters on the device (CUDA-graph update, see ``adam``)
         self.sync_free = sync_free  # keep Pyro's per-site floats on the device; None: on any device but the CPU
         self.names: list[str] = []
         self.optim: torch.optim.Adam | None = None
@@ -204,7 +221,7 @@ class FastEStep:
         if not params:
             raise ValueError("The E-step found no parameters: the guide (or model) registers none with pyro.module.")
         self.names = sorted(params)
-        self.optim = adam([params[name] for name in self.names], self.lr, self.fused)
+        self.optim = adam([params[name] for name in self.names], self.lr, self.fused, self.capturable)
         if self._pending is not None:
             self._load(self._pending)
             self._pending = None
@@ -215,7 +232,7 @@ class FastEStep:
             return dict(self._pending or {})
         full = self.optim.state_dict()
         group = {k: v for k, v in full["param_groups"][0].items() if k != "params"}
-        group.update(foreach=None, fused=None)  # as pyro.optim.Adam's own optimisers have them
+        group.update(foreach=None, fused=None, capturable=False)  # as pyro.optim.Adam's own optimisers have them
         return {
             name: {
                 "state": {0: full["state"][i]} if i in full["state"] else {},
@@ -236,7 +253,7 @@ class FastEStep:
             raise KeyError(f"The optimiser state names parameters this guide does not have: {sorted(unknown)}.")
         full = self.optim.state_dict()
         full["state"] = {i: state[n]["state"][0] for i, n in enumerate(self.names) if n in state and state[n]["state"]}
-        self.optim.load_state_dict(full)
+        load_optimizer_state(self.optim, full)
 
 
 # --- value targets: what V_ψ(s) regresses to (a choice, not a fork) -------------------------------------------

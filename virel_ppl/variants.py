@@ -24,8 +24,9 @@ import torch
 from pyro.distributions import Distribution
 from torch.distributions import kl_divergence
 
+from virel_ppl.actions import TanhNormal
 from virel_ppl.critics import Critic, bellman_target
-from virel_ppl.em import Batch, ValueTarget
+from virel_ppl.em import Batch, ValueTarget, _sample, load_optimizer_state
 from virel_ppl.guides import PolicyGuide
 from virel_ppl.models import Prior
 from virel_ppl.nets import mlp
@@ -50,6 +51,8 @@ class OldPolicy:
             raise ValueError(f"OldPolicy needs period >= 0 and 0 < tau <= 1, got period={period}, tau={tau}.")
         self.policy, self.period, self.tau = policy, period, tau
         self.net = copy.deepcopy(policy).requires_grad_(False)
+        if hasattr(policy, "box"):  # the same action box object, not a copy (policy_kl relies on it; it never changes)
+            self.net.box = policy.box
         self.updates = 0
 
     def distribution(self, states: torch.Tensor) -> Distribution:
@@ -92,15 +95,22 @@ class Temperature:
         min_{log α}  E_{s~D, a~π}[−α (log π(a|s) + H̄)]        (Haarnoja et al. 2018, "SAC: algorithms and
                                                                  applications", Eq. 18)
 
-    ``target_entropy`` None uses SAC's −action_dim (entropy on the environment's action scale).
+    ``target_entropy`` None uses SAC's −action_dim (entropy on the environment's action scale). ``capturable``: its
+    Adam keeps the step on the device (the CUDA-graph update, ``graphs.py``).
     """
 
     def __init__(
-        self, alpha: float, action_dim: int, target_entropy: float | None, lr: float, device: torch.device | str
+        self,
+        alpha: float,
+        action_dim: int,
+        target_entropy: float | None,
+        lr: float,
+        device: torch.device | str,
+        capturable: bool = False,
     ) -> None:
         self.log_alpha = torch.tensor(math.log(alpha), device=device, requires_grad=True)
         self.target_entropy = -float(action_dim) if target_entropy is None else target_entropy
-        self.optim = torch.optim.Adam([self.log_alpha], lr=lr)
+        self.optim = torch.optim.Adam([self.log_alpha], lr=lr, capturable=capturable)
 
     def __call__(self) -> torch.Tensor:
         """The current α (detached)."""
@@ -114,7 +124,7 @@ class Temperature:
         """One gradient step on log α from fresh actions of π_θ; returns α and the entropy estimate."""
         with torch.no_grad():
             d = policy.distribution(states)
-            log_pi = d.log_prob(d.sample())
+            log_pi = d.log_prob(_sample(d))  # rsample where there is one: no host check of the scale
         loss = -(self.log_alpha.exp() * (log_pi + self.target_entropy)).mean()
         self.optim.zero_grad(set_to_none=True)
         loss.backward()
@@ -127,7 +137,7 @@ class Temperature:
     def load_state_dict(self, state: dict) -> None:
         with torch.no_grad():
             self.log_alpha.copy_(state["log_alpha"])
-        self.optim.load_state_dict(state["optim"])
+        load_optimizer_state(self.optim, state["optim"])  # keeps this run's capturable (and kernel) choice
 
 
 # --- VIREL2: one hard and one soft Q ----------------------------------------------------------------------------
@@ -168,7 +178,7 @@ def hard_soft_value_target(alpha: float) -> ValueTarget:
 
     def target(critic: Critic, policy: PolicyGuide, states: torch.Tensor) -> torch.Tensor:
         d = policy.distribution(states)
-        a = d.sample()
+        a = _sample(d)  # rsample where there is one: no host check of the scale
         q_hard, q_soft = critic.twin_q(states, a)
         return torch.stack([q_hard, q_soft - alpha * d.log_prob(a)])
 
@@ -192,6 +202,7 @@ class NonparametricMPO:
         min_η  g(η) = η ε_η + η E_s log (1/M) Σ_j exp(Q(s, a_j)/η),
     and :meth:`epsilon_rule` hands the current η to the model as its ε. Both duals take one Adam step per call.
     The KL is analytic where torch knows it (Normal‖Normal, and TanhNormal pairs on the same box), else sampled.
+    ``capturable``: the duals' Adam keeps its step on the device (the CUDA-graph update, ``graphs.py``).
     """
 
     def __init__(
@@ -202,6 +213,7 @@ class NonparametricMPO:
         eta_bound: float | None,
         lr: float,
         device: torch.device | str,
+        capturable: bool = False,
     ) -> None:
         if num_actions < 2 or not kl_bound > 0 or not eta > 0 or (eta_bound is not None and not eta_bound > 0):
             raise ValueError(
@@ -211,7 +223,7 @@ class NonparametricMPO:
         self.num_actions, self.kl_bound, self.eta_bound = num_actions, kl_bound, eta_bound
         self.log_eta = torch.tensor(math.log(eta), device=device, requires_grad=True)
         self.log_lagrange = torch.tensor(0.0, device=device, requires_grad=True)  # λ = 1 to start
-        self.optim = torch.optim.Adam([self.log_eta, self.log_lagrange], lr=lr)
+        self.optim = torch.optim.Adam([self.log_eta, self.log_lagrange], lr=lr, capturable=capturable)
         self.last: dict[str, torch.Tensor] = {}
 
     def epsilon_rule(self, td_mse: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
@@ -260,7 +272,7 @@ class NonparametricMPO:
         with torch.no_grad():
             self.log_eta.copy_(state["log_eta"])
             self.log_lagrange.copy_(state["log_lagrange"])
-        self.optim.load_state_dict(state["optim"])
+        load_optimizer_state(self.optim, state["optim"])  # keeps this run's capturable (and kernel) choice
 
 
 def policy_kl(
@@ -268,6 +280,10 @@ def policy_kl(
 ) -> torch.Tensor:
     """KL(π_old ‖ π_θ) averaged over states: analytic where torch knows it, else from ``samples`` of π_old
     (shape ``(M, N, action_dim)``, with ``old``/``new`` batched as ``(M, N)``)."""
+    if isinstance(old, TanhNormal) and isinstance(new, TanhNormal) and old.box is new.box:
+        # what torch's KL of two transformed distributions returns, without comparing the transforms' tensors on
+        # the host (a device sync, which a CUDA graph cannot hold): the same box object means the same transforms
+        return kl_divergence(old.base_dist, new.base_dist)[0].mean()
     try:
         return kl_divergence(old, new)[0].mean()
     except NotImplementedError:
@@ -280,7 +296,7 @@ def nonparametric_mpo_after_update(agent: VirelAgent, batch: Batch) -> dict[str,
     old_policy = agent.extras["old_policy"]
     with torch.no_grad():
         old = old_policy.distribution(batch.obs).expand([2, batch.obs.shape[0]])
-        kl = policy_kl(old, agent.policy.distribution(batch.obs).expand(old.batch_shape), old.sample())
+        kl = policy_kl(old, agent.policy.distribution(batch.obs).expand(old.batch_shape), _sample(old))
     old_policy.step()
     return {"mpo/kl": kl, **agent.extras["mpo"].last}
 
@@ -289,7 +305,13 @@ def nonparametric_mpo(agent: VirelAgent) -> NonparametricMPO:
     """The agent's non-parametric MPO step, built from its config."""
     cfg = agent.config
     return NonparametricMPO(
-        cfg.mpo_num_actions, cfg.mpo_kl_bound, cfg.alpha, cfg.mpo_eta_bound, cfg.dual_lr, agent.device
+        cfg.mpo_num_actions,
+        cfg.mpo_kl_bound,
+        cfg.alpha,
+        cfg.mpo_eta_bound,
+        cfg.dual_lr,
+        agent.device,
+        capturable=agent.capturable,
     )
 
 
