@@ -205,3 +205,16 @@ def test_categorical_guide_picks_exact_enumeration_unless_told_otherwise(tmp_pat
     assert exit_info.value.code == 0
     help_text = " ".join(capsys.readouterr().out.split())
     assert "auto (the default) is enum for a discrete guide (--guide categorical) and trace otherwise" in help_text
+
+
+@pytest.mark.parametrize("elbo", ["renyi", "iwae"])
+def test_pseudo_likelihood_with_a_renyi_bound_is_refused_and_the_advice_trains(tmp_path, elbo):
+    """pseudo_likelihood weighs each observed action by its own exp(R/ε): a Rényi/IWAE bound, which needs one scale
+    for all sites, crashed at the first update; now one line at start-up, and its advice (--elbo trace) trains."""
+    args = ["train", "--env", "Pendulum-v1", "--algo", "pseudo_likelihood", "--total-steps", "30", *TINY_ARGS]
+    message = cli_error(args + ["--elbo", elbo, "--run-dir", str(tmp_path / elbo)])
+    assert f"--elbo {elbo}" in message and "use --elbo trace" in message
+    assert not (tmp_path / elbo).exists()  # refused before anything is written
+    main(args + ["--elbo", "trace", "--run-dir", str(tmp_path / "trace")])
+    rows = read_csv(tmp_path / "trace" / "train.csv")
+    assert rows["step"] == [20, 30] and all(math.isfinite(v) for v in rows["actor/loss"])

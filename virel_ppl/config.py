@@ -191,6 +191,13 @@ class Config:
         }
         if self.renyi_alpha == 1.0:
             raise ConfigError("--renyi-alpha 1 is the KL divergence: use --elbo trace (Rényi needs α ≠ 1).")
+        if self.algo == "pseudo_likelihood" and self.elbo in ("renyi", "iwae"):
+            raise ConfigError(
+                f"--algo pseudo_likelihood with --elbo {self.elbo}: that model has no latent action to bound (the "
+                "policy is its prior, the buffer's actions are observed, each weighted by exp(R/ε)), and Rényi/IWAE "
+                "bounds need one scale for every site, not one weight per transition. Without latent sites every "
+                "estimator is the same weighted log-likelihood: use --elbo trace (the default)."
+            )
         for name, value in positive_ints.items():
             if value <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}.")
