@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import ray
 
-from virel_ppl.cli import main
+from virel_ppl.cli import SweepArgs, main
 from virel_ppl.config import Config
 from virel_ppl.logger import read_csv
 from virel_ppl.sweep import make_scheduler, parse_set, plan, sweep
@@ -103,6 +103,14 @@ def test_plan_names_groups_and_checkpoints():
     t = trials[-1].config
     assert (t.algo, t.seed, t.batch_size, t.progress) == ("beta", 1, 64, False)
     assert t.checkpoint_every == t.eval_every == 200  # a Tune checkpoint at every evaluation
+
+
+def test_a_sweep_without_axis_flags_runs_trains_defaults():
+    """--algos, --guides and --elbos default to what `virel_ppl train` runs (the E-step estimator is `auto`: enum for
+    the categorical guide, so `sweep --envs CartPole-v1 --guides categorical` needs no --elbos)."""
+    args, cfg = SweepArgs(), Config()
+    assert (args.algos, args.guides, args.elbos) == ((cfg.algo,), (cfg.guide,), (cfg.elbo,)) == (
+        ("virel",), ("tanh_normal",), ("auto",))  # fmt: skip
 
 
 def test_parse_set_values():

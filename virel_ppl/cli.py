@@ -265,8 +265,8 @@ class SweepArgs:
     """Algorithm presets (virel, beta, virel2, mpo, mpo_np, sac, sac_auto, pseudo_likelihood)."""
     guides: tuple[str, ...] = ("tanh_normal",)
     """Policy families."""
-    elbos: tuple[str, ...] = ("trace",)
-    """E-step estimators."""
+    elbos: tuple[str, ...] = ("auto",)
+    """E-step estimators (auto, as in train: enum for the categorical guide, trace otherwise)."""
     seeds: tuple[int, ...] = (0, 1, 2)
     """Seeds (the runs of one report group)."""
     set: Annotated[tuple[str, ...], tyro.conf.arg(name="set")] = ()
