@@ -302,6 +302,7 @@ class SweepArgs:
     """Continue the sweep saved in --root (after Ctrl-C): finished runs are kept, the others resume."""
 
 
+@user_errors
 def run_sweep(args: SweepArgs) -> None:
     from virel_ppl.sweep import parse_set, sweep
 
@@ -335,8 +336,6 @@ def run_sweep(args: SweepArgs) -> None:
             storage=args.storage,
             resume=args.resume,
         )
-    except (ConfigError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from None
     except KeyboardInterrupt:
         raise SystemExit(f"Sweep stopped; continue it with the same command and --resume (root {args.root}).") from None
     if result.table:
