@@ -347,8 +347,7 @@ def _loop(trainer: Trainer, logger: RunLogger, hooks: Sequence[Hook]) -> RunResu
                 if stats and step % cfg.log_every == 0:
                     trainer.check_diverged(step)
                     row = logger.log("train", step, stats)
-                    if not all(math.isfinite(v) for v in row.values()):
-                        trainer.check_diverged(step)  # names the step if the record saw it; else the row says it
+                    if not all(math.isfinite(v) for v in row.values()):  # (the on-device record, just read, saw none)
                         raise ConfigError(f"Non-finite training statistics at step {step}: {row}.")
                     q_loss = row.get("critic/q_loss", 0.0)
                     if len(early_q_loss) < 3:
