@@ -15,19 +15,10 @@ def _pair(states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
     """Concatenate states ``(..., N, obs)`` with actions ``(..., N, act)``, broadcasting leading particle dims
     (and the ``(n, 1, n)`` one-hot actions that ``TraceEnum_ELBO`` enumerates against ``(N, obs)`` states)."""
     if states.shape[:-1] != actions.shape[:-1]:
-        batch = _broadcast_shapes(states.shape[:-1], actions.shape[:-1])
+        batch = torch.broadcast_shapes(states.shape[:-1], actions.shape[:-1])
         states = states.expand(batch + states.shape[-1:])
         actions = actions.expand(batch + actions.shape[-1:])
     return torch.cat([states, actions], dim=-1)
-
-
-def _broadcast_shapes(a: torch.Size, b: torch.Size) -> torch.Size:
-    """``torch.broadcast_shapes`` for two shapes, without its symbolic-shape machinery (≈ 60 µs a call on CPU)."""
-    n = max(len(a), len(b))
-    a, b = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
-    if any(x != y and 1 not in (x, y) for x, y in zip(a, b)):
-        raise ValueError(f"Shapes {a} and {b} do not broadcast.")
-    return torch.Size(x if y == 1 else y for x, y in zip(a, b))
 
 
 class Critic(nn.Module):
