@@ -60,6 +60,15 @@ def _config(args, **overrides) -> Config:
     )
 
 
+def machine_line(args) -> str:
+    """The machine, the software and the load, printed first by each benchmark."""
+    return (
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"pyro {pyro.__version__}, device {args.device}, {args.threads} thread(s), "
+        f"load average before: {os.getloadavg()[0]:.2f}"
+    )
+
+
 class Ours:
     """virel_ppl's training step exactly as ``train._loop`` runs it (act, env.step, replay, update), minus logging."""
 
@@ -190,11 +199,7 @@ def main() -> None:
     parser.add_argument("--vs-sb3", action="store_true", help="also run SB3's SAC, side by side")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"pyro {pyro.__version__}, device {args.device}, {args.threads} thread(s), "
-        f"load average before: {os.getloadavg()[0]:.2f}"
-    )
+    print(machine_line(args))
     costs = e_step_costs(args, args.estep_calls)
     base = costs[TORCH_E_STEP]
     print(f"\n{args.env}, 256-256 networks, batch {args.batch}: ms per call on one replay batch")

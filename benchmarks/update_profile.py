@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -30,15 +29,13 @@ from collections.abc import Callable
 import pyro
 import pyro.poutine as poutine
 import torch
+from throughput import WARMUP, _config, machine_line  # benchmarks/throughput.py (this folder is on sys.path)
 from torch.func import functional_call, stack_module_state
 
 from virel_ppl.actions import SafeTanhTransform, TanhNormal
-from virel_ppl.config import Config
 from virel_ppl.critics import bellman_target
 from virel_ppl.em import adam, frozen
 from virel_ppl.train import Trainer
-
-WARMUP = 1000
 
 
 def agent_scope(trainer: Trainer):
@@ -47,18 +44,7 @@ def agent_scope(trainer: Trainer):
 
 
 def _trainer(args) -> Trainer:
-    cfg = Config(
-        env=args.env,
-        hidden=(256, 256),
-        batch_size=args.batch,
-        warmup_steps=WARMUP,
-        policy_lr=1e-3,
-        critic_lr=1e-3,
-        threads=args.threads,
-        progress=False,
-        tensorboard=False,
-    )
-    trainer = Trainer(cfg)
+    trainer = Trainer(_config(args))
     for _ in range(WARMUP + 10):
         trainer.env_step()
     return trainer
@@ -229,12 +215,10 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=9, help="alternating blocks of the alternatives table")
     parser.add_argument("--calls", type=int, default=20, help="calls per block")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd networks")
+    parser.set_defaults(device="cpu")  # the parts are timed without device synchronisation: CPU only
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"pyro {pyro.__version__}, {args.threads} thread(s), load average before: {os.getloadavg()[0]:.2f}"
-    )
+    print(machine_line(args))
     trainer = _trainer(args)
     with pyro.validation_enabled(False):
         parts = step_parts(trainer, args.steps)
