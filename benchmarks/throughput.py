@@ -89,6 +89,47 @@ class Ours:
         float(stats["critic/q_loss"])  # ... and its statistics: wait for the device here, as the logger does
 
 
+class PlainTorch(Ours):
+    """The same training step with the update written out in plain torch, as a CleanRL script would: no Pyro, no
+    agent, one function. Same networks, ``TanhNormal``, batch, learning rates and foreach Adams as ``Ours``; it
+    computes the same update (M-step, then E-step, then the target update). This is the floor that removing every
+    abstraction would reach on this machine; a whole update in eager PyTorch cannot get much below it."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        agent = self.trainer.agent
+        self.critic_optim = adam(agent.critic.trainable_parameters(), cfg.critic_lr)
+        self.policy_optim = adam(agent.policy.parameters(), cfg.policy_lr)
+
+    def update(self, batch) -> None:
+        agent, cfg = self.trainer.agent, self.trainer.config
+        critic, policy, obs = agent.critic, agent.policy, batch.obs
+        with torch.no_grad():  # M-step targets: r + γ(1 − d) V̄(s′) and E_π[min Q(s, a)]
+            q_target = batch.rewards + cfg.gamma * (1.0 - batch.terminated) * critic.target_value(batch.next_obs)
+            v_target = critic.q(obs, policy.distribution(obs).rsample())
+        q1, q2 = critic.twin_q(obs, batch.actions)
+        q_loss = 0.5 * ((q1 - q_target).pow(2).mean() + (q2 - q_target).pow(2).mean())
+        v_loss = 0.5 * (critic.value(obs) - v_target).pow(2).mean()
+        self.critic_optim.zero_grad(set_to_none=True)
+        (q_loss + v_loss).backward()
+        self.critic_optim.step()
+        with frozen(critic):  # E-step: minimise E_π[ε log π(a|s) − Q(s, a)] over θ
+            d = policy.distribution(obs)
+            a = d.rsample()
+            loss = (cfg.alpha * d.log_prob(a) - critic.q(obs, a)).mean()
+            self.policy_optim.zero_grad(set_to_none=True)
+            loss.backward()
+            self.policy_optim.step()
+        critic.update_target(cfg.tau)
+
+    def run(self, steps: int) -> None:
+        trainer = self.trainer
+        for _ in range(steps):
+            trainer.env_step()
+            for _ in range(trainer.updates_due()):
+                self.update(trainer.replay.sample(self.batch))
+
+
 class SB3:
     """Stable-Baselines3 SAC with the same task, networks, batch, learning rate, warm-up and update ratio."""
 
@@ -210,6 +251,7 @@ def main() -> None:
 
     runners = {"virel_ppl": Ours(_config(args))}
     runners["virel_ppl --fused-adam"] = Ours(replace(_config(args), fused_adam=True))
+    runners["same update in plain torch (no Pyro, no agent)"] = PlainTorch(_config(args))
     if args.vs_sb3:
         runners["SB3 SAC"] = SB3(args)
     rates = alternate(runners, args.steps, args.block)
@@ -217,9 +259,10 @@ def main() -> None:
         f"\nenv steps/s, act + env.step + one update per step, {args.steps} steps each in alternating blocks of "
         f"{args.block} (median); load average after: {os.getloadavg()[0]:.2f}"
     )
-    print("| learner | env steps/s |\n|---|---|")
+    print("| learner | env steps/s | ratio to SB3 SAC |\n|---|---|---|" if args.vs_sb3 else "| learner | env steps/s |\n|---|---|")
     for name, rate in rates.items():
-        print(f"| {name} | {rate:.1f} |")
+        ratio = f" {rate / rates['SB3 SAC']:.2f} |" if args.vs_sb3 else ""
+        print(f"| {name} | {rate:.1f} |{ratio}")
     for name, runner in runners.items():
         if isinstance(runner, Ours):
             print(f"{name}: updates ran as {update_path(runner.trainer.agent)}")

@@ -241,7 +241,9 @@ class VirelAgent:
         self.extras: dict = self.variant.extras(self)  # the variant's own state, saved with the agent
         self.elbo = self.variant.loss(self) if self.variant.loss is not None else estimator
         guide = self.variant.guide(self)
-        self.svi = SVI(self.variant.model, guide, pyro.optim.Adam({"lr": config.policy_lr}), self.elbo)
+        # one Adam per parameter tensor (pyro.optim's way); the same kernel as the fast E-step, hence the same numbers
+        adam_args = {"lr": config.policy_lr, "fused": config.fused_adam}
+        self.svi = SVI(self.variant.model, guide, pyro.optim.Adam(adam_args), self.elbo)
         # the E-step the trainer runs: the same model, guide and loss without SVI.step's overheads (em.FastEStep)
         self.fast_e_step = (
             FastEStep(

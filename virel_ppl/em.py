@@ -79,8 +79,9 @@ def e_step(svi: SVI, critic: Critic, states: torch.Tensor, eps: float | torch.Te
 
 
 def adam(params, lr: float, fused: bool = False, capturable: bool = False) -> torch.optim.Adam:
-    """One torch Adam over all ``params``: multi-tensor (``foreach``, bit-identical to one single-tensor Adam per
-    parameter, which is what ``pyro.optim.Adam`` keeps) or ``fused`` (faster, rounds differently in the last bit).
+    """One torch Adam over all ``params``: ``fused`` (one kernel; the trainer's default, ``Config.fused_adam``) or
+    multi-tensor (``foreach``). Either gives bit for bit what one Adam per parameter of the same kind gives (what
+    ``pyro.optim.Adam`` keeps); the two kinds round differently from each other in the last bit.
 
     ``capturable`` (CUDA only; the CUDA-graph update, ``graphs.py``) keeps Adam's step counters on the device and
     computes its bias corrections there, so that a captured ``step()`` reads no host number; it rounds the bias
@@ -142,8 +143,8 @@ class FastEStep:
 
     The parameters are those of the ``param`` sites that the first step's trace records (``pyro.module`` in the
     guide, or in the model when the policy is the prior, as in pseudo_likelihood), in name order; the set is
-    fixed from then on. ``SVI.step`` keeps one single-tensor Adam per parameter; the multi-tensor Adam here
-    computes the same update bit for bit (``fused=True``: faster, but not bit-identical).
+    fixed from then on. ``SVI.step`` keeps one Adam per parameter, of the same kind (fused, or the per-tensor
+    loop); the one Adam here computes the same update bit for bit.
 
     ``state_dict`` uses ``pyro.optim``'s format (parameter name → one single-parameter Adam state), so a
     checkpoint of either path resumes on the other.
@@ -232,7 +233,8 @@ class FastEStep:
             return dict(self._pending or {})
         full = self.optim.state_dict()
         group = {k: v for k, v in full["param_groups"][0].items() if k != "params"}
-        group.update(foreach=None, fused=None, capturable=False)  # as pyro.optim.Adam's own optimisers have them
+        # as pyro.optim.Adam's own optimisers have them (SVI.step's path loads these groups as they are)
+        group.update(foreach=None, fused=self.fused or None, capturable=False)
         return {
             name: {
                 "state": {0: full["state"][i]} if i in full["state"] else {},
