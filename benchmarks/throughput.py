@@ -12,7 +12,9 @@ machine load: the timed environment steps are cut into blocks that alternate bet
 the E-step table, between the implementations), and each figure is the median over blocks. Both learners use the
 same task, 256-256 networks, batch 256, learning rate 1e-3, 1,000 warm-up steps (``learning_starts``), one
 gradient update per environment step (``train_freq=1, gradient_steps=1``) and the same device; SB3 keeps its other
-SAC defaults (twin Q with target Q copies, automatic entropy tuning). SB3 is an optional extra:
+SAC defaults (twin Q with target Q copies, automatic entropy tuning). Beside them run virel_ppl with foreach Adam
+(``--no-fused-adam``) and the same update written out in plain torch (``PlainTorch``: what Pyro and the agent
+cost on top of the arithmetic). SB3 is an optional extra:
 ``pip install stable-baselines3`` (or ``pip install -e ".[bench]"``).
 
 Prints tables, then (with ``--vs-sb3``) ends with exactly two lines::
@@ -39,7 +41,7 @@ from virel_ppl.graphs import update_path
 from virel_ppl.train import Trainer
 
 WARMUP = 1000
-OURS_E_STEP = "E-step, trainer's (differentiable_loss + one foreach Adam)"
+OURS_E_STEP = "E-step, trainer's (differentiable_loss + one fused Adam)"
 TORCH_E_STEP = "E-step, plain torch (same loss)"
 
 
@@ -91,15 +93,15 @@ class Ours:
 
 class PlainTorch(Ours):
     """The same training step with the update written out in plain torch, as a CleanRL script would: no Pyro, no
-    agent, one function. Same networks, ``TanhNormal``, batch, learning rates and foreach Adams as ``Ours``; it
-    computes the same update (M-step, then E-step, then the target update). This is the floor that removing every
-    abstraction would reach on this machine; a whole update in eager PyTorch cannot get much below it."""
+    agent, one function. Same networks, ``TanhNormal``, batch, learning rates and Adam kernel as ``Ours``; it
+    computes the same update (M-step, then E-step, then the target update) up to rounding. It shows what removing
+    every abstraction (Pyro's traces, the agent, the variant hooks) would gain on this machine."""
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
         agent = self.trainer.agent
-        self.critic_optim = adam(agent.critic.trainable_parameters(), cfg.critic_lr)
-        self.policy_optim = adam(agent.policy.parameters(), cfg.policy_lr)
+        self.critic_optim = adam(agent.critic.trainable_parameters(), cfg.critic_lr, cfg.fused_adam)
+        self.policy_optim = adam(agent.policy.parameters(), cfg.policy_lr, cfg.fused_adam)
 
     def update(self, batch) -> None:
         agent, cfg = self.trainer.agent, self.trainer.config
@@ -185,10 +187,10 @@ def e_step_costs(args, n: int, blocks: int = 9) -> dict[str, float]:
     states = batch.obs
     eps = agent.eps_rule(torch.zeros((), device=agent.device), batch.rewards)
     kw = dict(eps=eps, q=agent.q_on_box, prior=agent.prior)
-    fused = Ours(_config(args, fused_adam=True)).trainer.agent
-    torch_opt = adam(agent.policy.parameters(), 1e-3)
+    foreach = Ours(_config(args, fused_adam=False)).trainer.agent
+    torch_opt = adam(agent.policy.parameters(), 1e-3, agent.config.fused_adam)
 
-    def plain_torch():  # the same loss, E[ε log π(a|s) − Q(s, clip(a))] + const, by rsample, one foreach Adam
+    def plain_torch():  # the same loss, E[ε log π(a|s) − Q(s, clip(a))] + const, by rsample, the same Adam kernel
         with frozen(agent.critic):
             d = agent.policy.distribution(states)
             a = d.rsample()
@@ -199,10 +201,10 @@ def e_step_costs(args, n: int, blocks: int = 9) -> dict[str, float]:
 
     parts = {
         OURS_E_STEP: lambda: agent._pyro_scoped(lambda: agent.fast_e_step.step(agent.critic, states, **kw)),
-        "E-step, same with fused Adam (--fused-adam)": lambda: fused._pyro_scoped(
-            lambda: fused.fast_e_step.step(fused.critic, states, eps=eps, q=fused.q_on_box, prior=fused.prior)
+        "E-step, same with foreach Adam (--no-fused-adam)": lambda: foreach._pyro_scoped(
+            lambda: foreach.fast_e_step.step(foreach.critic, states, eps=eps, q=foreach.q_on_box, prior=foreach.prior)
         ),
-        "E-step, Pyro SVI.step (--no-fast-update)": lambda: agent._pyro_scoped(
+        "E-step, Pyro SVI.step (--no-fast-update: one fused Adam per tensor)": lambda: agent._pyro_scoped(
             lambda: e_step(agent.svi, agent.critic, states, **kw)
         ),
         TORCH_E_STEP: plain_torch,
@@ -250,7 +252,7 @@ def main() -> None:
         print(f"| {name} | {1000 * sec:.2f} | {sec / base:.2f} |")
 
     runners = {"virel_ppl": Ours(_config(args))}
-    runners["virel_ppl --fused-adam"] = Ours(replace(_config(args), fused_adam=True))
+    runners["virel_ppl --no-fused-adam"] = Ours(replace(_config(args), fused_adam=False))
     runners["same update in plain torch (no Pyro, no agent)"] = PlainTorch(_config(args))
     if args.vs_sb3:
         runners["SB3 SAC"] = SB3(args)
@@ -259,10 +261,14 @@ def main() -> None:
         f"\nenv steps/s, act + env.step + one update per step, {args.steps} steps each in alternating blocks of "
         f"{args.block} (median); load average after: {os.getloadavg()[0]:.2f}"
     )
-    print("| learner | env steps/s | ratio to SB3 SAC |\n|---|---|---|" if args.vs_sb3 else "| learner | env steps/s |\n|---|---|")
-    for name, rate in rates.items():
-        ratio = f" {rate / rates['SB3 SAC']:.2f} |" if args.vs_sb3 else ""
-        print(f"| {name} | {rate:.1f} |{ratio}")
+    if args.vs_sb3:
+        print("| learner | env steps/s | ratio to SB3 SAC |\n|---|---|---|")
+        for name, rate in rates.items():
+            print(f"| {name} | {rate:.1f} | {rate / rates['SB3 SAC']:.2f} |")
+    else:
+        print("| learner | env steps/s |\n|---|---|")
+        for name, rate in rates.items():
+            print(f"| {name} | {rate:.1f} |")
     for name, runner in runners.items():
         if isinstance(runner, Ours):
             print(f"{name}: updates ran as {update_path(runner.trainer.agent)}")

@@ -1,4 +1,4 @@
-"""The fast update (``Config.fast_update``: the ELBO's differentiable_loss and one multi-tensor Adam) against the
+"""The fast update (``Config.fast_update``: the ELBO's differentiable_loss and one torch Adam) against the
 plain ``SVI.step`` path: same gradients for every algo, guide and ELBO; bit-identical training runs; and the
 on-device record of the first non-finite update (issue 15, item 4)."""
 
@@ -240,3 +240,37 @@ def test_a_checkpoint_keeps_the_optimisers_kernel_choice_of_the_running_config()
         moments = [s["exp_avg"] for s in agent.critic_optim.state_dict()["state"].values()]
         expected = [s["exp_avg"] for s in saved["critic_optim"]["state"].values()]
         assert len(moments) == len(expected) > 0 and all(torch.equal(a, b) for a, b in zip(moments, expected))
+
+
+def _tensors(tree) -> list[torch.Tensor]:
+    """Every tensor in a nested state dict, in a fixed order."""
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        return [t for key in sorted(tree, key=str) for t in _tensors(tree[key])]
+    if isinstance(tree, (list, tuple)):
+        return [t for item in tree for t in _tensors(item)]
+    return []
+
+
+def test_two_agents_loaded_from_one_in_memory_state_do_not_share_adam_moments():
+    """Loading one ``state_dict`` into two agents gives each its own optimiser state: stepping one leaves the
+    other's Adam moments (critic, guide, SAC's temperature) as they were loaded."""
+    box = ActionBox([-1.0, -2.0], [1.0, 0.5])
+    cfg = Config(hidden=(8, 8), algo="sac_auto")
+    source = VirelAgent(OBS_DIM, box, cfg)
+    with pyro.validation_enabled(False):
+        source.update(_batch(box))
+    saved = source.state_dict()
+    first, second = VirelAgent(OBS_DIM, box, cfg), VirelAgent(OBS_DIM, box, cfg)
+    first.load_state_dict(saved)
+    second.load_state_dict(saved)
+    optimisers = ("critic_optim", "policy_optim", "extras")
+    before = {part: [t.clone() for t in _tensors(second.state_dict()[part])] for part in optimisers}
+    with pyro.validation_enabled(False):
+        first.update(_batch(box))
+    for part in optimisers:
+        mine, theirs = _tensors(second.state_dict()[part]), _tensors(first.state_dict()[part])
+        assert len(mine) == len(before[part]) > 0
+        assert all(torch.equal(a, b) for a, b in zip(mine, before[part])), part  # untouched by the other's step
+        assert not all(torch.equal(a, b) for a, b in zip(mine, theirs)), part  # ... which did move its own

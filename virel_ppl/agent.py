@@ -6,6 +6,7 @@ which one it runs: it calls :meth:`VirelAgent.update` and :meth:`VirelAgent.act`
 
 from __future__ import annotations
 
+import copy
 import difflib
 import math
 from collections.abc import Callable
@@ -333,6 +334,9 @@ class VirelAgent:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        # torch optimisers keep the tensors they are given: without a copy, two agents loaded from one in-memory
+        # state would step the same Adam moments (a checkpoint read from disk is a copy already)
+        state = copy.deepcopy(state)
         if self.graphed is not None:  # optimisers get new state tensors: a captured graph would update the old ones
             self.graphed.reset()
         self.policy.load_state_dict(state["policy"])
