@@ -161,12 +161,12 @@ class Config:
     extra: dict[str, float] = field(default_factory=dict)
     """Variant-specific settings (e.g. mpo_kl_weight), read by the variant's builder."""
     fast_update: bool = True
-    """E-step as the ELBO's differentiable_loss with one torch Adam over the guide's parameters (the same gradients
-    and numbers as SVI.step); --no-fast-update runs pyro.infer.SVI.step, for debugging."""
+    """E-step as the ELBO's differentiable_loss with one torch Adam over the guide's parameters (the same
+    gradients and numbers as SVI.step); --no-fast-update runs pyro.infer.SVI.step, for debugging."""
     fused_adam: bool = True
     """Fused Adam kernels for the critic and the guide (about 3x cheaper than multi-tensor Adam on a CPU core).
-    --no-fused-adam uses multi-tensor (foreach) Adam, which rounds in the last bit as per-tensor Adam does: runs
-    recorded before fused became the default (docs/results.md says which) repeat exactly only with it."""
+    Off, multi-tensor (foreach) Adam, which rounds in the last bit as per-tensor Adam does: runs recorded before
+    fused became the default (docs/results.md says which) repeat exactly only with it off."""
     cuda_graph: bool = True
     """On a CUDA device, capture the whole update (M-step, ε, E-step, target update) once as a CUDA graph and replay
     it (one launch per update; virel_ppl/graphs.py); what cannot be captured runs eagerly with a warning. No effect
