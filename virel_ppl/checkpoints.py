@@ -116,7 +116,12 @@ def prepare_run_dir(run_dir: Path, clean: bool = False) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
-        raise CheckpointError(f"Cannot write to the run directory {run_dir}: {_reason(err)}.") from None
+        raise unwritable_run_dir(run_dir, err) from None
+
+
+def unwritable_run_dir(run_dir: Path, err: OSError) -> CheckpointError:
+    """The error for a run directory that refused a write (here, or when the trainer writes its first files)."""
+    return CheckpointError(f"Cannot write to the run directory {run_dir}: {_reason(err)}.")
 
 
 def _reason(err: OSError) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from typing import NamedTuple
 from unittest import mock
 
@@ -206,14 +206,12 @@ class FastEStep:
         kwargs = dict(eps=eps, **model_kwargs)
         if self._critic is not critic:
             self._critic, self._critic_params = critic, list(critic.parameters())
-        scale = poutine.scale(scale=eps / states.shape[0])
-        if self.optim is None:  # first step: find the parameters Pyro registers, as SVI.step does every step
-            with poutine.trace(param_only=True) as capture, frozen(critic, self._critic_params), scale:
-                loss = self._loss_and_backward(states, kwargs)
+        # first step only: find the parameters Pyro registers (SVI.step traces them at every step)
+        params = poutine.trace(param_only=True) if self.optim is None else nullcontext()
+        with params as capture, frozen(critic, self._critic_params), poutine.scale(scale=eps / states.shape[0]):
+            loss = self._loss_and_backward(states, kwargs)
+        if self.optim is None:
             self._build({name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()})
-        else:
-            with frozen(critic, self._critic_params), scale:
-                loss = self._loss_and_backward(states, kwargs)
         self.optim.step()
         self.optim.zero_grad(set_to_none=True)
         return loss

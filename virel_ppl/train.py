@@ -34,7 +34,6 @@ from virel_ppl.actions import ActionBox
 from virel_ppl.agent import VirelAgent, lookup
 from virel_ppl.checkpoints import (
     CHECKPOINT,
-    CheckpointError,
     check_finite,
     guard_run_dir,
     load_agent,
@@ -43,6 +42,7 @@ from virel_ppl.checkpoints import (
     resumed_config,
     save_checkpoint,
     saved_config,
+    unwritable_run_dir,
 )
 from virel_ppl.config import Config, ConfigError
 from virel_ppl.diagnostics import replay_states, training_diagnostics
@@ -310,7 +310,7 @@ def train(
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
         logger = RunLogger(run_dir, config.tensorboard, resume_step=trainer.step if state is not None else None)
     except OSError as err:
-        raise CheckpointError(f"Cannot write to the run directory {run_dir}: {err.strerror or err}.") from None
+        raise unwritable_run_dir(run_dir, err) from None
     return _loop(trainer, logger, hooks)
 
 
