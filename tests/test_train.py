@@ -110,26 +110,6 @@ def test_resume_after_ctrl_c_matches_an_uninterrupted_run(tmp_path):
         assert read_csv(tmp_path / "straight" / f"{stream}.csv") == read_csv(tmp_path / "resumed" / f"{stream}.csv")
 
 
-def test_a_checkpoint_from_before_fused_adam_resumes_with_the_adam_it_stepped(tmp_path):
-    """A checkpoint written before fused Adam became the default has no ``fused_adam`` in its config: that run
-    stepped foreach Adam, and its resume must repeat it exactly, not switch to the new default's rounding."""
-    cfg = Config(env="Pendulum-v1", total_steps=300, seed=3, fused_adam=False, **TINY)
-    straight = train(replace(cfg, run_dir=tmp_path / "straight"))
-    stopped = train(replace(cfg, run_dir=tmp_path / "old"), hooks=[_interrupt_at(150)])
-    assert stopped.interrupted and stopped.steps == 150 and not straight.interrupted
-    path = tmp_path / "old" / "checkpoint.pt"
-    state = torch.load(path, weights_only=False)
-    del state["config"]["fused_adam"]  # as checkpoints were written before the field existed
-    torch.save(state, path)
-    assert train(resume=tmp_path / "old").steps == 300
-    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
-    b = torch.load(path, weights_only=False)
-    for part in ("policy", "critic"):
-        for k, v in a["agent"][part].items():
-            assert torch.equal(v, b["agent"][part][k]), (part, k)
-    assert b["config"]["fused_adam"] is False
-
-
 def test_same_seed_same_run_and_different_seed_different_run(tmp_path):
     cfg = Config(env="Pendulum-v1", total_steps=250, **TINY)
     r1 = train(replace(cfg, run_dir=tmp_path / "a"))

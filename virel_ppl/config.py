@@ -272,9 +272,6 @@ class Config:
     @classmethod
     def from_dict(cls, d: dict) -> Config:
         d = dict(d)
-        # written before fused Adam became the default: those runs stepped foreach/per-tensor Adam, and resume must
-        # repeat them exactly
-        d.setdefault("fused_adam", False)
         d["hidden"] = tuple(d["hidden"])
         d["run_dir"] = Path(d["run_dir"]) if d.get("run_dir") else None
         return cls(**d)
