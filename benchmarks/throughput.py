@@ -12,8 +12,8 @@ machine load: the timed environment steps are cut into blocks that alternate bet
 the E-step table, between the implementations), and each figure is the median over blocks. Both learners use the
 same task, 256-256 networks, batch 256, learning rate 1e-3, 1,000 warm-up steps (``learning_starts``), one
 gradient update per environment step (``train_freq=1, gradient_steps=1``) and the same device; SB3 keeps its other
-SAC defaults (twin Q with target Q copies, automatic entropy tuning). Beside them run virel_ppl with foreach Adam
-(``--no-fused-adam``) and the same update written out in plain torch (``PlainTorch``: what Pyro and the agent
+SAC defaults (twin Q with target Q copies, automatic entropy tuning). Beside them run virel_ppl with the other Adam
+kernel (``--fused-adam``) and the same update written out in plain torch (``PlainTorch``: what Pyro and the agent
 cost on top of the arithmetic). SB3 is an optional extra:
 ``pip install stable-baselines3`` (or ``pip install -e ".[bench]"``).
 
@@ -41,7 +41,9 @@ from virel_ppl.graphs import update_path
 from virel_ppl.train import Trainer
 
 WARMUP = 1000
-OURS_E_STEP = "E-step, trainer's (differentiable_loss + one fused Adam)"
+# the Adam kernel training uses by default, and the flag that switches to the other one
+KERNEL, OTHER_KERNEL = ("fused", "--no-fused-adam") if Config.fused_adam else ("foreach", "--fused-adam")
+OURS_E_STEP = f"E-step, trainer's (differentiable_loss + one {KERNEL} Adam)"
 TORCH_E_STEP = "E-step, plain torch (same loss)"
 
 
@@ -187,7 +189,7 @@ def e_step_costs(args, n: int, blocks: int = 9) -> dict[str, float]:
     states = batch.obs
     eps = agent.eps_rule(torch.zeros((), device=agent.device), batch.rewards)
     kw = dict(eps=eps, q=agent.q_on_box, prior=agent.prior)
-    foreach = Ours(_config(args, fused_adam=False)).trainer.agent
+    other = Ours(_config(args, fused_adam=not Config.fused_adam)).trainer.agent
     torch_opt = adam(agent.policy.parameters(), 1e-3, agent.config.fused_adam)
 
     def plain_torch():  # the same loss, E[ε log π(a|s) − Q(s, clip(a))] + const, by rsample, the same Adam kernel
@@ -201,10 +203,10 @@ def e_step_costs(args, n: int, blocks: int = 9) -> dict[str, float]:
 
     parts = {
         OURS_E_STEP: lambda: agent._pyro_scoped(lambda: agent.fast_e_step.step(agent.critic, states, **kw)),
-        "E-step, same with foreach Adam (--no-fused-adam)": lambda: foreach._pyro_scoped(
-            lambda: foreach.fast_e_step.step(foreach.critic, states, eps=eps, q=foreach.q_on_box, prior=foreach.prior)
+        f"E-step, same with the other Adam kernel ({OTHER_KERNEL})": lambda: other._pyro_scoped(
+            lambda: other.fast_e_step.step(other.critic, states, eps=eps, q=other.q_on_box, prior=other.prior)
         ),
-        "E-step, Pyro SVI.step (--no-fast-update: one fused Adam per tensor)": lambda: agent._pyro_scoped(
+        f"E-step, Pyro SVI.step (--no-fast-update: one {KERNEL} Adam per tensor)": lambda: agent._pyro_scoped(
             lambda: e_step(agent.svi, agent.critic, states, **kw)
         ),
         TORCH_E_STEP: plain_torch,
@@ -252,7 +254,7 @@ def main() -> None:
         print(f"| {name} | {1000 * sec:.2f} | {sec / base:.2f} |")
 
     runners = {"virel_ppl": Ours(_config(args))}
-    runners["virel_ppl --no-fused-adam"] = Ours(replace(_config(args), fused_adam=False))
+    runners[f"virel_ppl {OTHER_KERNEL}"] = Ours(replace(_config(args), fused_adam=not Config.fused_adam))
     runners["same update in plain torch (no Pyro, no agent)"] = PlainTorch(_config(args))
     if args.vs_sb3:
         runners["SB3 SAC"] = SB3(args)

@@ -149,8 +149,8 @@ def alternatives(trainer: Trainer, args) -> dict[str, Callable[[], object]]:
     rows: dict[str, Callable[[], object]] = {
         "twin Q fwd+bwd: two MLPs (ours)": lambda: (q1(h).sum() + q2(h).sum()).backward(),
         "twin Q fwd+bwd: one vmapped ensemble": lambda: ensemble(h).sum().backward(),
-        "critic Adam step: foreach (--no-fused-adam)": foreach.step,
-        "critic Adam step: fused (default)": fused.step,
+        "critic Adam step: foreach (default, bit-identical to per-tensor)": foreach.step,
+        "critic Adam step: fused (--fused-adam)": fused.step,
         "policy distribution, rsample + log_prob: TanhNormal (ours)": tanh_normal,
         "policy distribution, rsample + log_prob: generic TransformedDistribution": generic_tanh_normal,
     }

@@ -163,10 +163,10 @@ class Config:
     fast_update: bool = True
     """E-step as the ELBO's differentiable_loss with one torch Adam over the guide's parameters (the same
     gradients and numbers as SVI.step); --no-fast-update runs pyro.infer.SVI.step, for debugging."""
-    fused_adam: bool = True
-    """Fused Adam kernels for the critic and the guide (about 3x cheaper than multi-tensor Adam on a CPU core).
-    Off, multi-tensor (foreach) Adam, which rounds in the last bit as per-tensor Adam does: runs recorded before
-    fused became the default (docs/results.md says which) repeat exactly only with it off."""
+    fused_adam: bool = False
+    """Fused Adam kernels for the critic and the guide: about 3x cheaper than multi-tensor Adam on a CPU core, but
+    they round differently in the last bit, so runs no longer repeat the recorded ones (see docs/results.md); off,
+    multi-tensor (foreach) Adam, bit-identical to per-tensor Adam."""
     cuda_graph: bool = True
     """On a CUDA device, capture the whole update (M-step, ε, E-step, target update) once as a CUDA graph and replay
     it (one launch per update; virel_ppl/graphs.py); what cannot be captured runs eagerly with a warning. No effect

@@ -79,8 +79,8 @@ def e_step(svi: SVI, critic: Critic, states: torch.Tensor, eps: float | torch.Te
 
 
 def adam(params, lr: float, fused: bool = False, capturable: bool = False) -> torch.optim.Adam:
-    """One torch Adam over all ``params``: ``fused`` (one kernel; the trainer's default, ``Config.fused_adam``) or
-    multi-tensor (``foreach``). Either gives bit for bit what one Adam per parameter of the same kind gives (what
+    """One torch Adam over all ``params``: multi-tensor (``foreach``, the trainer's default) or ``fused`` (one kernel,
+    ``Config.fused_adam``). Either gives bit for bit what one Adam per parameter of the same kind gives (what
     ``pyro.optim.Adam`` keeps); the two kinds round differently from each other in the last bit.
 
     ``capturable`` (CUDA only; the CUDA-graph update, ``graphs.py``) keeps Adam's step counters on the device and
@@ -143,8 +143,8 @@ class FastEStep:
 
     The parameters are those of the ``param`` sites that the first step's trace records (``pyro.module`` in the
     guide, or in the model when the policy is the prior, as in pseudo_likelihood), in name order; the set is
-    fixed from then on. ``SVI.step`` keeps one Adam per parameter, of the same kind (fused, or the per-tensor
-    loop); the one Adam here computes the same update bit for bit.
+    fixed from then on. ``SVI.step`` keeps one Adam per parameter, of the same kind (the per-tensor loop, or
+    fused); the one Adam here (multi-tensor, or fused) computes the same update bit for bit.
 
     ``state_dict`` uses ``pyro.optim``'s format (parameter name → one single-parameter Adam state), so a
     checkpoint of either path resumes on the other.
