@@ -43,6 +43,7 @@ from virel_ppl.train import Trainer
 WARMUP = 1000
 # the Adam kernel training uses by default, and the flag that switches to the other one
 KERNEL, OTHER_KERNEL = ("fused", "--no-fused-adam") if Config.fused_adam else ("foreach", "--fused-adam")
+SVI_KERNEL = "fused" if Config.fused_adam else "single-tensor"  # what pyro.optim.Adam keeps per parameter
 OURS_E_STEP = f"E-step, trainer's (differentiable_loss + one {KERNEL} Adam)"
 TORCH_E_STEP = "E-step, plain torch (same loss)"
 
@@ -206,7 +207,7 @@ def e_step_costs(args, n: int, blocks: int = 9) -> dict[str, float]:
         f"E-step, same with the other Adam kernel ({OTHER_KERNEL})": lambda: other._pyro_scoped(
             lambda: other.fast_e_step.step(other.critic, states, eps=eps, q=other.q_on_box, prior=other.prior)
         ),
-        f"E-step, Pyro SVI.step (--no-fast-update: one {KERNEL} Adam per tensor)": lambda: agent._pyro_scoped(
+        f"E-step, Pyro SVI.step (--no-fast-update: one {SVI_KERNEL} Adam per tensor)": lambda: agent._pyro_scoped(
             lambda: e_step(agent.svi, agent.critic, states, **kw)
         ),
         TORCH_E_STEP: plain_torch,
