@@ -20,6 +20,25 @@ TINY = dict(
 )
 
 
+def state_tensors(state) -> dict[str, torch.Tensor]:
+    """Every tensor in a nested state dict (an agent's checkpoint: parameters, optimiser moments and steps, extras),
+    by path."""
+    flat: dict[str, torch.Tensor] = {}
+
+    def walk(prefix, value):
+        if isinstance(value, torch.Tensor):
+            flat[prefix] = value
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}/{k}", v)
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(f"{prefix}/{i}", v)
+
+    walk("", state)
+    return flat
+
+
 class QuadraticQ(nn.Module):
     """Q(s, a) = w · (−Σ_i (a_i − c_i)²) + s·u: a critic with a known maximiser c, and parameters to freeze."""
 

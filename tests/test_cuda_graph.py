@@ -18,6 +18,7 @@ import warnings
 from contextlib import ExitStack, contextmanager
 from unittest import mock
 
+import helpers
 import pyro
 import pytest
 import torch
@@ -86,20 +87,7 @@ def _run(agent: VirelAgent, batches: list[Batch], seed: int = 1) -> list[dict]:
 
 def _tensors(agent: VirelAgent) -> dict[str, torch.Tensor]:
     """Every tensor of the agent's checkpoint (parameters, targets, optimiser moments and steps, extras), by path."""
-    flat: dict[str, torch.Tensor] = {}
-
-    def walk(prefix, value):
-        if isinstance(value, torch.Tensor):
-            flat[prefix] = value
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}/{k}", v)
-        elif isinstance(value, (list, tuple)):
-            for i, v in enumerate(value):
-                walk(f"{prefix}/{i}", v)
-
-    walk("", agent.state_dict())
-    return flat
+    return helpers.state_tensors(agent.state_dict())
 
 
 @contextmanager

@@ -244,17 +244,6 @@ def test_a_checkpoint_keeps_the_optimisers_kernel_choice_of_the_running_config()
         assert len(moments) == len(expected) > 0 and all(torch.equal(a, b) for a, b in zip(moments, expected))
 
 
-def _tensors(tree) -> list[torch.Tensor]:
-    """Every tensor in a nested state dict, in a fixed order."""
-    if isinstance(tree, torch.Tensor):
-        return [tree]
-    if isinstance(tree, dict):
-        return [t for key in sorted(tree, key=str) for t in _tensors(tree[key])]
-    if isinstance(tree, (list, tuple)):
-        return [t for item in tree for t in _tensors(item)]
-    return []
-
-
 def test_two_agents_loaded_from_one_in_memory_state_do_not_share_adam_moments():
     """Loading one ``state_dict`` into two agents gives each its own optimiser state: stepping one leaves the
     other's Adam moments (critic, guide, SAC's temperature) as they were loaded."""
@@ -268,11 +257,13 @@ def test_two_agents_loaded_from_one_in_memory_state_do_not_share_adam_moments():
     first.load_state_dict(saved)
     second.load_state_dict(saved)
     optimisers = ("critic_optim", "policy_optim", "extras")
-    before = {part: [t.clone() for t in _tensors(second.state_dict()[part])] for part in optimisers}
+    loaded = {part: helpers.state_tensors(second.state_dict()[part]) for part in optimisers}
+    before = {part: {k: t.clone() for k, t in tensors.items()} for part, tensors in loaded.items()}
     with pyro.validation_enabled(False):
         first.update(_batch(box))
     for part in optimisers:
-        mine, theirs = _tensors(second.state_dict()[part]), _tensors(first.state_dict()[part])
-        assert len(mine) == len(before[part]) > 0
-        assert all(torch.equal(a, b) for a, b in zip(mine, before[part])), part  # untouched by the other's step
-        assert not all(torch.equal(a, b) for a, b in zip(mine, theirs)), part  # ... which did move its own
+        mine = helpers.state_tensors(second.state_dict()[part])
+        theirs = helpers.state_tensors(first.state_dict()[part])
+        assert mine.keys() == before[part].keys() == theirs.keys() and len(mine) > 0
+        assert all(torch.equal(mine[k], before[part][k]) for k in mine), part  # untouched by the other's step
+        assert not all(torch.equal(mine[k], theirs[k]) for k in mine), part  # ... which did move its own
