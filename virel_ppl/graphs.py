@@ -87,13 +87,15 @@ def refusal(config: Config, device: torch.device, elbo: ELBO | None) -> str | No
     return None
 
 
-def announce_eager(reason: str) -> None:
-    """Say once, where the update is built, that it runs eagerly and why."""
+def announce_eager(reason: str, from_update: int | None = None, stacklevel: int = 3) -> None:
+    """Say once that the update runs eagerly and why: from the start (where the update is built), or ``from_update``
+    on (when a graph is given up)."""
+    since = f" from update {from_update} on" if from_update is not None else ""
     warnings.warn(
-        f"The update runs eagerly, not as one CUDA graph: {reason}. Same numbers, more kernel launches; "
+        f"The update runs eagerly{since}, not as one CUDA graph: {reason}. Same numbers, more kernel launches; "
         "--no-cuda-graph silences this.",
         CudaGraphWarning,
-        stacklevel=3,
+        stacklevel=stacklevel,
     )
 
 
@@ -288,12 +290,7 @@ class GraphedUpdate:
 
     def _give_up(self, reason: str) -> None:
         self.failed, self.graph, self.captured = reason, None, False
-        warnings.warn(
-            f"The update runs eagerly from update {self.agent.updates + 1} on, not as one CUDA graph: {reason}. "
-            "Same numbers, more kernel launches; --no-cuda-graph silences this.",
-            CudaGraphWarning,
-            stacklevel=4,
-        )
+        announce_eager(reason, from_update=self.agent.updates + 1, stacklevel=5)
 
     def _clear_grads(self) -> None:
         agent = self.agent
