@@ -209,6 +209,7 @@ def _check(trials: Sequence[Trial]) -> None:
     """Validate every config and build each distinct one (seed aside) on the CPU: names, spaces, guide × ELBO."""
     import torch
 
+    from virel_ppl.baselines import BASELINES, check_baseline
     from virel_ppl.train import Trainer
 
     seen: set[str] = set()
@@ -222,6 +223,14 @@ def _check(trials: Sequence[Trial]) -> None:
             if key in seen:
                 continue
             seen.add(key)
+            if cfg.algo in BASELINES:
+                try:
+                    check_baseline(cpu)
+                except ConfigError:
+                    raise
+                except Exception as err:
+                    raise SweepError(f"{trial.name}: {type(err).__name__}: {err}") from None
+                continue
             # A small buffer: only the construction is checked here, nothing is trained.
             small = replace(cpu, buffer_size=cpu.batch_size, run_dir=None, tensorboard=False, threads=None)
             try:
@@ -279,12 +288,18 @@ def _trainable(
     """One Tune trial: restore the run directory from Tune's checkpoint (or resume/start it), train, report."""
     from ray import tune
 
+    from virel_ppl.baselines import BASELINES, finished, train_sb3_sac
     from virel_ppl.train import CHECKPOINT, train
 
     spec = specs[param["name"]]
     cfg = Config.from_dict(spec["config"])
     run_dir = Path(spec["run_dir"])
     cfg = replace(cfg, run_dir=run_dir)
+    if cfg.algo in BASELINES:  # an external learner: no checkpoint, so a stopped one starts again from scratch
+        if not finished(run_dir, cfg.total_steps):
+            train_sb3_sac(cfg, on_eval=lambda step: step < cfg.total_steps and tune.report(_metrics(run_dir)))
+        tune.report({**_metrics(run_dir), "finished": True})
+        return
     checkpoint = tune.get_checkpoint() if tune_checkpoints else None
     if checkpoint is not None:
         with checkpoint.as_directory() as src:
@@ -383,8 +398,9 @@ def _spec_of(trials: Sequence[Trial], root: Path) -> list[dict]:
 
 
 def _same_run(saved: dict, config: dict) -> bool:
-    drop = ("run_dir", "progress", "tensorboard")
-    return {k: v for k, v in saved.items() if k not in drop} == {k: v for k, v in config.items() if k not in drop}
+    """Whether a run directory's config.json is the trial's config (a baseline records only the fields it uses)."""
+    keep = [k for k in saved if k in config and k not in ("run_dir", "progress", "tensorboard")]
+    return bool(keep) and all(saved[k] == config[k] for k in keep)
 
 
 def _check_root(root: Path, specs: list[dict], resume: bool | str) -> None:
@@ -452,10 +468,11 @@ def make_scheduler(search: str, budget: int, grace_steps: int | None = None, red
 
 
 def sweep(
-    grid: Mapping[str, Sequence],
+    grid: Mapping[str, Sequence] | Sequence[Trial],
     base: Config | None = None,
     root: Path | str = "runs/sweep",
     *,
+    group_by: Sequence[str] | None = None,
     address: str | None = None,
     max_concurrent: int | None = None,
     gpus_per_trial: float = 0.0,
@@ -475,7 +492,8 @@ def sweep(
     """Run the grid as Ray Tune trials into ``root``; returns the run directories and the report.
 
     Args:
-        grid: Config field → values; the trials are their product over ``base``.
+        grid: Config field → values; the trials are their product over ``base``. Or a list of :class:`Trial`
+            (run in that order; ``base`` is then unused), whose report groups by ``group_by`` (default env, algo).
         address: None: start Ray on this machine; ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``: a running
             cluster. A process already connected to Ray (``ray.init``) sweeps there and ignores ``address``.
         max_concurrent: trials at once (None: the cluster's CPUs; each trial takes ``threads`` CPUs, default 1).
@@ -506,10 +524,17 @@ def sweep(
         raise SweepError(f"--max-concurrent must be at least 1, got {max_concurrent}.")
     if gpus_per_trial < 0 or max_failures < 0:
         raise SweepError("--gpus-per-trial and --max-failures must be >= 0.")
-    base = base or Config()
-    if gpus_per_trial > 0 and base.device == "cpu" and "device" not in grid:
-        base = replace(base, device="cuda")
-    trials, group_by = plan(grid, base, checkpoint_every)
+    if isinstance(grid, Mapping):
+        base = base or Config()
+        if gpus_per_trial > 0 and base.device == "cpu" and "device" not in grid:
+            base = replace(base, device="cuda")
+        trials, group_by = plan(grid, base, checkpoint_every)
+    else:  # trials built by the caller (e.g. benchmarks/paper.py: a preset per task, seed-major order)
+        trials, group_by = list(grid), list(group_by or ("env", "algo"))
+        names = [t.name for t in trials]
+        if not trials or len(set(names)) != len(names):
+            raise SweepError("A sweep needs at least one trial, and each trial its own name.")
+        _check(trials)
     specs = _spec_of(trials, root)
 
     import ray

@@ -1,0 +1,321 @@
+"""VIREL against SAC on MuJoCo: the paper's comparison as one sweep (issue 20).
+
+    python benchmarks/paper.py                                  # 3 tasks x 3 seeds, 100k steps, 2 trials at a time
+    python benchmarks/paper.py --table                          # the table and curves from what has finished
+    python benchmarks/paper.py --budget 1000000 --tasks HalfCheetah-v5 Hopper-v5 Walker2d-v5 Ant-v5 Humanoid-v5 \\
+        --seeds 0 1 2 3 4 --address auto --max-concurrent 75    # the paper's scale, on a Ray cluster
+
+Learners, each an ordinary run directory ``ROOT/<env>__<algo>__<seed>`` of one Ray Tune sweep
+(``virel_ppl.sweep``, so ``--address`` takes it to a cluster):
+
+- stage 1: ``beta`` and ``virel`` with ``--preset paper`` (VIREL App. I: batch 128, 300-300 networks, Adam 3e-4, the
+  reward-scale table, the beta rule's λ from the table), and SB3's SAC (``sb3_sac``: its own defaults,
+  ``learning_starts`` = our warm-up; ``pip install -e ".[bench]"``) as the external reference;
+- stage 2 (``--then``): ``sac_auto``, our SAC written as a model edit, with the paper preset's networks and batch,
+  which tells a gap of the algorithm from a gap of the framework.
+
+Trials run seed-major (every task and learner at seed 0, then seed 1, ...; stage 2 after stage 1), so the table is
+balanced whenever the work stops. Running the same command again continues the sweep in ``--root``: finished trials
+are kept, ours resume exactly from their checkpoints, a stopped SB3 trial starts again. Every evaluation uses the mode
+action, ``--eval-episodes`` episodes on the same seeds at the same steps, for all learners.
+
+As each trial finishes, its ``config.json``, ``eval.csv``, ``train.csv``, ``timing.csv`` (Tune's wall clock at each
+evaluation) and ``commits.json`` (the commit of each driver that ran part of it, with the step it started from) are
+copied to ``--results`` (default ``benchmarks/results/paper/<trial>/``); a trial that failed is copied with its
+``error.txt`` and shows in the table as diverged or failed, never as a number. ``--table`` prints the Markdown table
+(return at 25k, 50k and the budget: mean ± sd and IQM with a 95 % bootstrap CI over seeds; env steps/s; ahead, on par
+or behind SAC) and writes the curves (``virel_ppl report``) beside the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from virel_ppl.config import Config, ConfigError, preset_config
+
+TASKS = ["HalfCheetah-v5", "Hopper-v5", "Walker2d-v5"]
+STAGE1 = ["beta", "virel", "sb3_sac"]
+STAGE2 = ["sac_auto"]
+REFERENCE = "sb3_sac"
+COPIED = ("config.json", "eval.csv", "train.csv")
+HERE = Path(__file__).resolve().parent
+
+
+def trial_config(env: str, algo: str, seed: int, args: argparse.Namespace) -> Config:
+    """The config of one trial: the paper preset for ours (SB3's SAC reads only env, seed, budget, warm-up and
+    evaluation settings from it)."""
+    common = dict(
+        env=env,
+        algo=algo,
+        seed=seed,
+        total_steps=args.budget,
+        eval_every=args.eval_every,
+        eval_episodes=args.eval_episodes,
+        checkpoint_every=args.eval_every,
+        threads=1,
+        progress=False,
+        tensorboard=False,
+    )
+    return replace(preset_config("paper", env=env), **common)
+
+
+def plan_trials(args: argparse.Namespace):
+    """The trials, seed-major within each stage."""
+    from virel_ppl.sweep import Trial
+
+    trials = []
+    for algos in (args.algos, args.then):
+        for seed in args.seeds:
+            for env in args.tasks:
+                for algo in algos:
+                    trials.append(Trial(f"{env}__{algo}__{seed}", trial_config(env, algo, seed, args)))
+    return trials
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """One line for each bad input, before Ray starts."""
+    from virel_ppl.agent import VARIANTS
+    from virel_ppl.baselines import BASELINES, require_sb3
+
+    known = sorted(VARIANTS) + list(BASELINES)
+    for algo in args.algos + args.then:
+        if algo not in known:
+            raise ConfigError(f"Unknown algorithm {algo!r}; choose from {', '.join(known)}.")
+    warmup = Config().warmup_steps
+    if args.budget <= warmup:
+        raise ConfigError(
+            f"--budget {args.budget} is not above the warm-up ({warmup} random steps): nothing would train."
+        )
+    if args.eval_every <= 0 or args.budget % args.eval_every:
+        raise ConfigError(f"--eval-every {args.eval_every} must be positive and divide --budget {args.budget}.")
+    if any(a in BASELINES for a in args.algos + args.then):
+        require_sb3()
+    if len(set(args.seeds)) != len(args.seeds) or len(set(args.tasks)) != len(args.tasks):
+        raise ConfigError("--tasks and --seeds must not repeat a value.")
+
+
+def git_commit() -> str:
+    """The commit of the code this driver runs (``+dirty`` when the tree has uncommitted changes)."""
+
+    def git(*cmd: str) -> str:
+        return subprocess.run(["git", *cmd], cwd=HERE, capture_output=True, text=True).stdout.strip()
+
+    sha = git("rev-parse", "HEAD") or "unknown"
+    return sha + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def _last_step(path: Path) -> int:
+    from virel_ppl.logger import read_csv
+
+    try:
+        steps = read_csv(path).get("step", []) if path.exists() else []
+    except (ValueError, KeyError):  # a torn last line: the row before it counts
+        return 0
+    return int(steps[-1]) if steps else 0
+
+
+def record_commits(root: Path, trials, commit: str) -> None:
+    """Append this driver's commit, and the step each unfinished trial continues from, to ROOT/commits.json."""
+    path = root / "commits.json"
+    seen = json.loads(path.read_text()) if path.exists() else {}
+    for t in trials:
+        step = _last_step(root / t.name / "eval.csv")
+        if step < t.config.total_steps:
+            seen.setdefault(t.name, []).append({"commit": commit, "from_step": step, "started": time.strftime("%F %T")})
+    root.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(seen, indent=1))
+
+
+def _timing(progress_csv: Path) -> list[tuple[int, float]]:
+    import csv
+
+    if not progress_csv.exists():
+        return []
+    with open(progress_csv, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("step") and r.get("time_total_s")]
+    return [(int(float(r["step"])), float(r["time_total_s"])) for r in rows]
+
+
+def collect(root: Path, results: Path, trials) -> list[str]:
+    """Copy every finished (or failed) trial's small outputs to ``results``; returns the names newly copied."""
+    commits = json.loads((root / "commits.json").read_text()) if (root / "commits.json").exists() else {}
+    new = []
+    for t in trials:
+        run, out = root / t.name, results / t.name
+        error = root / "tune" / t.name / "error.txt"
+        done = _last_step(run / "eval.csv") == t.config.total_steps
+        if done:  # copied once, unless an earlier copy recorded it as failed
+            if (out / "eval.csv").exists() and not (out / "error.txt").exists():
+                continue
+        elif not error.exists() or (out / "error.txt").exists():
+            continue  # still running (or its failure is copied already)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in COPIED:
+            if (run / name).exists():
+                shutil.copy2(run / name, out / name)
+        if done:
+            (out / "error.txt").unlink(missing_ok=True)
+        else:
+            shutil.copy2(error, out / "error.txt")
+        timing = _timing(root / "tune" / t.name / "progress.csv")
+        (out / "timing.csv").write_text("step,time_total_s\n" + "".join(f"{s},{w:.2f}\n" for s, w in timing))
+        (out / "commits.json").write_text(json.dumps(commits.get(t.name, []), indent=1))
+        new.append(t.name)
+    return new
+
+
+def run(args: argparse.Namespace) -> None:
+    from virel_ppl.sweep import sweep
+
+    check_args(args)
+    trials = plan_trials(args)
+    root = args.root.resolve()
+    record_commits(root, trials, git_commit())
+    stop = threading.Event()
+
+    def poll() -> None:  # collect each trial as it finishes, not only at the end
+        while not stop.wait(60):
+            for name in collect(root, args.results, trials):
+                print(f"collected {name} into {args.results}", flush=True)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        result = sweep(
+            trials,
+            root=root,
+            address=args.address,
+            max_concurrent=args.max_concurrent,
+            max_failures=1,
+            tune_checkpoints=args.tune_checkpoints,
+            resume="auto",
+            verbose=1,
+        )
+    finally:
+        stop.set()
+        collect(root, args.results, trials)
+    if result.failed:
+        print(f"failed: {', '.join(result.failed)} (see {root}/tune/<trial>/error.txt)", file=sys.stderr)
+    if result.interrupted:
+        raise SystemExit("The study stopped; run the same command again to continue it.")
+    print(table(args.results, args.tasks, args.algos + args.then, args.budget))
+
+
+# --- the table --------------------------------------------------------------------------------------------------
+
+
+def _status(out: Path) -> str:
+    error = (out / "error.txt").read_text() if (out / "error.txt").exists() else ""
+    if not error:
+        return "finished"
+    return "diverged" if ("diverged" in error or "NaN" in error or "non-finite" in error) else "failed"
+
+
+def _steps_per_s(out: Path) -> float | None:
+    """Env steps per second of wall clock between the evaluations after the warm-up (Tune's clock; segments of a
+    resumed trial that its clock does not cover are skipped)."""
+    if not (out / "timing.csv").exists():
+        return None
+    warmup = json.loads((out / "config.json").read_text()).get("warmup_steps", 0)
+    pairs = [tuple(map(float, ln.split(","))) for ln in (out / "timing.csv").read_text().splitlines()[1:]]
+    spans = [(s1 - s0, w1 - w0) for (s0, w0), (s1, w1) in zip(pairs, pairs[1:]) if s0 >= warmup and w1 > w0 > 0]
+    return sum(s for s, _ in spans) / sum(w for _, w in spans) if spans else None
+
+
+def table(results: Path, tasks, algos, budget: int, ci: float = 0.95) -> str:
+    """The Markdown table of the study from ``results``: one row per task and learner."""
+    from virel_ppl.logger import read_csv
+    from virel_ppl.report import bootstrap_ci, iqm
+
+    marks = sorted({s for s in (25_000, 50_000, budget) if s <= budget})
+    head = " | ".join(f"{m // 1000}k mean ± sd | {m // 1000}k IQM [{ci:.0%} CI]" for m in marks)
+    lines = [f"| task | learner | seeds | {head} | env steps/s | vs SAC at {budget // 1000}k |"]
+    lines.append("|---|---|---|" + "---|---|" * len(marks) + "---|---|")
+    for env in tasks:
+        finals: dict[str, np.ndarray] = {}
+        rows = []
+        for algo in algos:
+            outs = sorted(results.glob(f"{env}__{algo}__*"), key=lambda p: int(p.name.rsplit("__", 1)[1]))
+            if not outs:
+                continue
+            ok = [o for o in outs if _status(o) == "finished"]
+            bad = [f"seed {o.name.rsplit('__', 1)[1]} {_status(o)}" for o in outs if _status(o) != "finished"]
+            cells = []
+            for m in marks:
+                vals = []
+                for o in ok:
+                    ev = read_csv(o / "eval.csv")
+                    at = dict(zip(map(int, ev["step"]), ev["return_mean"]))
+                    if m in at:
+                        vals.append(at[m])
+                vals = np.asarray(vals)
+                if len(vals) == 0:
+                    cells.append("– | –")
+                    continue
+                lo, hi = bootstrap_ci(vals, iqm, ci)
+                cells.append(f"{vals.mean():.0f} ± {vals.std():.0f} | {iqm(vals):.0f} [{lo:.0f}, {hi:.0f}]")
+                if m == budget:
+                    finals[algo] = vals
+            rates = [r for r in (_steps_per_s(o) for o in ok) if r is not None]
+            speed = f"{np.median(rates):.1f}" if rates else "–"
+            seeds = f"{len(ok)}" + (f" ({'; '.join(bad)})" if bad else "")
+            rows.append((algo, seeds, cells, speed))
+        for algo, seeds, cells, speed in rows:
+            verdict = "–"
+            if algo != REFERENCE and algo in finals and REFERENCE in finals:
+                a, b = bootstrap_ci(finals[algo], iqm, ci), bootstrap_ci(finals[REFERENCE], iqm, ci)
+                verdict = "behind" if a[1] < b[0] else "ahead" if a[0] > b[1] else "on par (CIs overlap)"
+            lines.append(f"| {env} | {algo} | {seeds} | {' | '.join(cells)} | {speed} | {verdict} |")
+    return "\n".join(lines)
+
+
+def write_curves(results: Path, out: Path) -> Path | None:
+    """Learning curves with HDI bands over seeds (``virel_ppl report``) of the finished trials."""
+    from virel_ppl.report import write_report
+
+    done = [p for p in sorted(results.iterdir()) if p.is_dir() and _status(p) == "finished"]
+    return write_report(done, out) if done else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=TASKS)
+    parser.add_argument("--algos", nargs="+", default=STAGE1, help="stage 1 learners")
+    parser.add_argument("--then", nargs="*", default=STAGE2, help="stage 2 learners (after all of stage 1)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--budget", type=int, default=100_000, help="env steps of every trial")
+    parser.add_argument("--eval-every", type=int, default=5_000)
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--root", type=Path, default=Path("runs/paper"), help="run directories and Tune's state")
+    parser.add_argument("--results", type=Path, default=HERE / "results" / "paper", help="where finished trials go")
+    parser.add_argument("--max-concurrent", type=int, default=2, help="trials at once (each single-threaded)")
+    parser.add_argument("--address", default=None, help="a running Ray cluster (auto, HOST:PORT); default: local")
+    parser.add_argument(
+        "--tune-checkpoints", action="store_true", help="copy run directories into Tune's storage (clusters without a"
+        " shared filesystem); default: each trial resumes from the checkpoint.pt in its run directory",
+    )  # fmt: skip
+    parser.add_argument("--table", action="store_true", help="print the table of --results and write its curves")
+    args = parser.parse_args()
+    try:
+        if args.table:
+            print(table(args.results, args.tasks, args.algos + args.then, args.budget))
+            report = write_curves(args.results, args.results / "report")
+            print(f"curves: {report.parent if report else 'none yet'}")
+        else:
+            run(args)
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+if __name__ == "__main__":
+    main()
