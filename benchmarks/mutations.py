@@ -1,14 +1,17 @@
 """Mutation testing of the library's mathematics: does the fast test suite notice when the maths is wrong?
 
     python benchmarks/mutations.py                      # the listed mutations + a seeded sample of generated ones
-    python benchmarks/mutations.py --listed-only        # only issue 14's table (a minute or so)
+    python benchmarks/mutations.py --listed-only        # only issue 14's table and the wiring mutants
+    python benchmarks/mutations.py --wiring-only        # only issue 23's wiring mutants (tests/test_wiring.py first)
     python benchmarks/mutations.py --generated 0        # every generated mutant (slow: several hundred)
     python benchmarks/mutations.py --markdown out.md    # also write the tables as Markdown
 
-Two kinds of mutants of ``virel_ppl/{em,critics,models,variants}.py`` and ``virel_ppl/exact/*.py``:
+Three kinds of mutants of ``virel_ppl/{em,critics,models,variants}.py`` and ``virel_ppl/exact/*.py``:
 
 - **listed**: hand-written edits that a plausible bug would make (issue 14's table and the ones it says were
   caught), each an exact text replacement;
+- **wiring** (``WIRING``, also in ``agent.py``, ``train.py``, ``config.py``, ``cli.py``): a setting dropped at its
+  point of use, a per-task value replaced by its default, two arguments swapped — what a refactor's slip does;
 - **generated**: from the AST, one edit per mutant: ``+``↔``-`` and ``*``↔``/``, swapped operands of ``-`` and
   ``/``, a dropped right operand, a dropped unary minus or ``not``, a number changed (0 → 1, n → n + 1 for
   integers, x → 2x for floats), a comparison negated, ``and``↔``or``, and the first two positional arguments of a
@@ -43,6 +46,7 @@ TARGETS = ["virel_ppl/em.py", "virel_ppl/critics.py", "virel_ppl/models.py", "vi
 )
 # Fast tests, the known answers first so that most mutants die in a second. Training runs are left out.
 FAST_TESTS = ["tests/test_known_answers.py", "tests/test_em.py", "tests/test_variants.py", "tests/test_exact.py"]
+FAST_TESTS += ["tests/test_wiring.py"]
 
 
 def tests_for(file: str) -> list[str]:
@@ -170,15 +174,66 @@ LISTED: list[tuple[str, str, str, str]] = [
 ]
 
 
-def listed_mutants(root: Path) -> list[Mutant | str]:
+# Wiring mutants (issue 23): a setting dropped at its point of use, a per-task value replaced by its default, two
+# arguments swapped. Each is a slip that a refactor makes; tests/test_wiring.py is run on them first.
+WIRING: list[tuple[str, str, str, str]] = [
+    ("virel_ppl/agent.py", "self.policy, self.config.gamma, self.value_target", "self.policy, 0.99, self.value_target",
+     "γ dropped in the M-step (default 0.99)"),
+    ("virel_ppl/agent.py", "update_target(self.config.tau)", "update_target(0.005)", "τ dropped in the target update"),
+    ("virel_ppl/agent.py", "fixed_epsilon(agent.config.alpha)", "fixed_epsilon(1.0)", "α dropped from virel's fixed ε"),
+    ("virel_ppl/agent.py", "agent.config.resolved_beta_scale())", "agent.config.beta_scale)",
+     "beta: per-task λ replaced by the default (the formula)"),
+    ("virel_ppl/agent.py", "self.critic.trainable_parameters(), config.critic_lr,",
+     "self.critic.trainable_parameters(), config.policy_lr,", "critic optimised at the policy's learning rate"),
+    ("virel_ppl/agent.py", "guide, self.elbo, config.policy_lr, config.fused_adam",
+     "guide, self.elbo, config.critic_lr, config.fused_adam", "E-step optimised at the critic's learning rate"),
+    ("virel_ppl/agent.py", "self.variant.critic(obs_dim, box.dim, hidden=config.hidden)",
+     "self.variant.critic(obs_dim, box.dim)", "hidden sizes dropped for the critic"),
+    ("virel_ppl/agent.py", "agent.config.target_entropy,", "None,", "sac_auto: target entropy dropped"),
+    ("virel_ppl/agent.py", "agent.config.dual_lr,", "1e-3,", "sac_auto: dual learning rate dropped"),
+    ("virel_ppl/agent.py", "config.num_particles, config.renyi_alpha", "None, config.renyi_alpha",
+     "particles dropped (estimator's default)"),
+    ("virel_ppl/agent.py", "config.num_particles, config.renyi_alpha", "config.num_particles, 0.5",
+     "Rényi α dropped (default 0.5)"),
+    ("virel_ppl/agent.py", "self.critic.q(states, self.box.clip(actions))", "self.critic.q(states, actions)",
+     "E-step scores unclipped actions"),
+    ("virel_ppl/agent.py", 'self.eps_rule(stats["critic/td_mse"], batch.rewards)',
+     'self.eps_rule(batch.rewards, stats["critic/td_mse"])', "ε rule's arguments swapped"),
+    ("virel_ppl/train.py", "reward * self.reward_scale", "reward", "reward scale dropped at the replay"),
+    ("virel_ppl/train.py", "replay.sample(cfg.batch_size)", "replay.sample(256)", "batch size dropped (default 256)"),
+    ("virel_ppl/config.py", "REWARD_SCALES.get(_task(self.env), 1.0)", "1.0",
+     "reward scale: per-task value replaced by the default"),
+    ("virel_ppl/config.py", "BETA_SCALES.get(_task(self.env))", "None", "beta: Humanoid's λ replaced by the default"),
+    ("virel_ppl/config.py", 'BETA_SCALES.get(_task(values.get("env", Config.env)), PAPER_BETA_SCALE)',
+     "PAPER_BETA_SCALE", "paper preset: Humanoid's λ replaced by the other tasks'"),
+    ("virel_ppl/cli.py", "preset_config(name, env=env)", "preset_config(name)",
+     "--preset resolved for the default task, not --env"),
+    ("virel_ppl/variants.py", "cfg.old_policy_period, cfg.old_policy_tau", "cfg.old_policy_period, 0.005",
+     "old policy's τ dropped"),
+    ("virel_ppl/variants.py", "period if cfg.old_policy_period is None else cfg.old_policy_period", "period",
+     "old policy's period: the preset's value beats the flag"),
+    ("virel_ppl/variants.py", "cfg.mpo_num_actions,", "20,", "mpo_np: sample count dropped"),
+    ("virel_ppl/variants.py", "cfg.mpo_kl_bound,\n        cfg.alpha,", "cfg.alpha,\n        cfg.mpo_kl_bound,",
+     "mpo_np: KL bound and initial η swapped"),
+    ("virel_ppl/variants.py", "cfg.mpo_eta_bound,", "0.1,", "mpo_np: η bound dropped (default 0.1)"),
+    ("virel_ppl/variants.py", "cfg.dual_lr,", "1e-3,", "mpo_np: dual learning rate dropped"),
+    ("virel_ppl/em.py", "critic.q(states, executed(policy, _sample(policy.distribution(states))))",
+     "critic.q(states, _sample(policy.distribution(states)))", "hard value target scores unclipped actions"),
+    ("virel_ppl/em.py", "bellman_target(batch.rewards, batch.terminated,",
+     "bellman_target(batch.terminated, batch.rewards,", "Bellman target: rewards and terminations swapped"),
+]  # fmt: skip
+WIRING_TESTS = ["tests/test_wiring.py", "tests/test_known_answers.py"]
+
+
+def listed_mutants(root: Path, table: list[tuple[str, str, str, str]] | None = None, kind: str = "listed"):
     out: list[Mutant | str] = []
-    for file, old, new, description in LISTED:
+    for file, old, new, description in LISTED if table is None else table:
         text = (root / file).read_text()
         if text.count(old) != 1:
             out.append(f"{description}: text not found once in {file} (the code changed); not applied")
             continue
         line = text[: text.index(old)].count("\n") + 1
-        out.append(Mutant(file, line, "listed", description, text.replace(old, new)))
+        out.append(Mutant(file, line, kind, description, text.replace(old, new)))
     return out
 
 
@@ -433,7 +488,9 @@ def copy_project(dest: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--listed-only", action="store_true", help="only the hand-written mutations")
+    parser.add_argument("--listed-only", action="store_true", help="only the hand-written mutations (and wiring)")
+    parser.add_argument("--wiring-only", action="store_true", help="only the wiring mutations")
+    parser.add_argument("--no-wiring", action="store_true", help="leave the wiring mutations out")
     parser.add_argument("--generated", type=int, default=150, help="sample this many generated mutants (0: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample")
     parser.add_argument("--timeout", type=float, default=90.0, help="seconds per mutant")
@@ -452,9 +509,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"The fast tests fail on the unmutated project (pytest status {rc}: {detail}); fix that first.")
             return 1
         print(f"baseline: fast tests pass on the unmutated copy in {seconds:.0f} s")
-        listed = listed_mutants(work)
+        listed = [] if args.wiring_only else listed_mutants(work)
+        listed += [] if args.no_wiring else listed_mutants(work, WIRING, "wiring")
         generated: list[Mutant] = []
-        if not args.listed_only:
+        if not (args.listed_only or args.wiring_only):
             pool = [m for f in args.files for m in generated_mutants(work, f)]
             print(f"{len(pool)} generated mutants in {', '.join(args.files)}")
             if args.generated and args.generated < len(pool):
@@ -469,7 +527,8 @@ def main(argv: list[str] | None = None) -> int:
             original = path.read_text()
             try:
                 path.write_text(item.source)
-                verdict, detail, seconds = run_tests(work, tests_for(item.file), args.timeout)
+                tests = WIRING_TESTS if item.kind == "wiring" else tests_for(item.file)
+                verdict, detail, seconds = run_tests(work, tests, args.timeout)
             finally:
                 path.write_text(original)  # always restore, whatever happened
             rows.append((item, verdict, detail))
@@ -488,10 +547,15 @@ def _tables(rows: list[tuple[Mutant, str, str]]) -> list[str]:
     def short(detail: str) -> str:
         return detail.replace("tests/", "").split("[")[0] if detail else ""
 
-    lines = ["| listed mutation | where | caught? | first failing fast test |", "|---|---|---|---|"]
-    for m, verdict, detail in rows:
-        if m.kind == "listed":
-            lines.append(f"| {m.description} | `{m.file}:{m.line}` | {verdict} | `{short(detail)}` |")
+    lines = []
+    for kind in ("listed", "wiring"):
+        mine = [(m, v, d) for m, v, d in rows if m.kind == kind]
+        if not mine:
+            continue
+        caught = sum(v == "caught" for _, v, _ in mine)
+        lines += [f"{kind.capitalize()}: {caught} of {len(mine)} caught.", ""]
+        lines += [f"| {kind} mutation | where | caught? | first failing fast test |", "|---|---|---|---|"]
+        lines += [f"| {m.description} | `{m.file}:{m.line}` | {v} | `{short(d)}` |" for m, v, d in mine] + [""]
     generated = [(m, v, d) for m, v, d in rows if m.kind == "generated"]
     if generated:
         caught = sum(v == "caught" for _, v, _ in generated)

@@ -262,8 +262,15 @@ ValueTarget = Callable[[Critic, PolicyGuide, torch.Tensor], torch.Tensor]
 
 
 def hard_value_target(critic: Critic, policy: PolicyGuide, states: torch.Tensor) -> torch.Tensor:
-    """V(s) ← E_{a~π}[Q(s, a)] (VIREL App. H, J_V), one action sample per state."""
-    return critic.q(states, _sample(policy.distribution(states)))
+    """V(s) ← E_{a~π}[Q(s, a)] (VIREL App. H, J_V), one action sample per state, scored as the env executes it."""
+    return critic.q(states, executed(policy, _sample(policy.distribution(states))))
+
+
+def executed(policy: PolicyGuide, actions: torch.Tensor) -> torch.Tensor:
+    """The actions the environment executes for samples of ``policy``: clipped to its box. An unbounded guide's
+    samples (a Gaussian) can fall outside; a tanh-normal's cannot, and for those the clip changes no bit."""
+    box = getattr(policy, "box", None)
+    return box.clip(actions) if box is not None else actions
 
 
 def _sample(d) -> torch.Tensor:
@@ -282,7 +289,7 @@ def soft_value_target(alpha: float | Callable[[], torch.Tensor]) -> ValueTarget:
     def target(critic: Critic, policy: PolicyGuide, states: torch.Tensor) -> torch.Tensor:
         d = policy.distribution(states)
         a = _sample(d)
-        return critic.q(states, a) - (alpha() if callable(alpha) else alpha) * d.log_prob(a)
+        return critic.q(states, executed(policy, a)) - (alpha() if callable(alpha) else alpha) * d.log_prob(a)
 
     return target
 

@@ -26,7 +26,7 @@ from torch.distributions import kl_divergence
 
 from virel_ppl.actions import TanhNormal
 from virel_ppl.critics import Critic, bellman_target
-from virel_ppl.em import Batch, ValueTarget, _sample, load_optimizer_state
+from virel_ppl.em import Batch, ValueTarget, _sample, executed, load_optimizer_state
 from virel_ppl.guides import PolicyGuide
 from virel_ppl.models import Prior
 from virel_ppl.nets import mlp
@@ -179,7 +179,7 @@ def hard_soft_value_target(alpha: float) -> ValueTarget:
     def target(critic: Critic, policy: PolicyGuide, states: torch.Tensor) -> torch.Tensor:
         d = policy.distribution(states)
         a = _sample(d)  # rsample where there is one: no host check of the scale
-        q_hard, q_soft = critic.twin_q(states, a)
+        q_hard, q_soft = critic.twin_q(states, executed(policy, a))
         return torch.stack([q_hard, q_soft - alpha * d.log_prob(a)])
 
     return target
