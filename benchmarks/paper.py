@@ -86,6 +86,10 @@ def check_args(args: argparse.Namespace) -> None:
     """One line for each bad input, before Ray starts."""
     from virel_ppl.agent import VARIANTS
     from virel_ppl.baselines import BASELINES, require_sb3
+    from virel_ppl.envs import check_env_id
+
+    for env in args.tasks:
+        check_env_id(env)
 
     known = sorted(VARIANTS) + list(BASELINES)
     for algo in args.algos + args.then:

@@ -222,6 +222,10 @@ def run_diagnose(args: DiagnoseArgs) -> None:
     from virel_ppl.diagnostics import diagnose_run
 
     check_device(args.device)
+    if args.num_samples < 4 or args.num_samples % 4:  # ArviZ's four chains, each an equal share of the draws
+        raise ConfigError(f"--num-samples must be a positive multiple of 4 (four chains), got {args.num_samples}.")
+    if args.num_states < 1:
+        raise ConfigError(f"--num-states must be a positive integer, got {args.num_states}.")
     post, paths = diagnose_run(
         args.run_dir, args.out, args.num_states, args.states, args.num_samples, args.eps, args.seed, args.device
     )

@@ -1,0 +1,164 @@
+"""SB3's SAC as an external reference run (``virel_ppl/baselines.py``) and the study driver ``benchmarks/paper.py``."""
+
+from __future__ import annotations
+
+import argparse
+import builtins
+import json
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from virel_ppl.config import Config, ConfigError, preset_config
+from virel_ppl.logger import read_csv
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import paper  # noqa: E402
+
+SMALL = dict(env="Pendulum-v1", algo="sb3_sac", total_steps=300, warmup_steps=100, eval_every=100, eval_episodes=2)
+SMALL |= dict(log_every=50, tensorboard=False, progress=False)
+
+
+def test_an_sb3_run_is_an_ordinary_run_directory_evaluated_as_ours(tmp_path, monkeypatch):
+    """eval.csv at every eval_every steps and at the end; each evaluation is the mode action on the seeds ours use
+    (seed + 10000 + step), which a plain loop over the same episode with SB3's own deterministic ``predict`` repeats."""
+    from virel_ppl import baselines
+
+    models = []
+    real_sac = __import__("stable_baselines3").SAC
+
+    def keep(*args, **kwargs):
+        models.append(real_sac(*args, **kwargs))
+        return models[-1]
+
+    monkeypatch.setattr("stable_baselines3.SAC", keep)
+    run_dir = baselines.train_sb3_sac(Config(**SMALL, run_dir=tmp_path / "sb3"))
+    ev = read_csv(run_dir / "eval.csv")
+    assert ev["step"] == [100.0, 200.0, 300.0]
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["algo"] == "sb3_sac" and saved["sb3"]["learning_starts"] == 100
+    assert saved["sb3"]["batch_size"] == 256 and saved["sb3"]["learning_rate"] == 3e-4  # SB3's own defaults
+    assert "hidden" not in saved  # our network settings do not apply to it, so they are not recorded
+    assert read_csv(run_dir / "train.csv")["step"][0] >= 100
+    # the last evaluation, by hand: 2 episodes of the final policy's mode action from seed 0 + 10000 + 300
+    model, returns = models[0], []
+    for k in range(2):
+        env = gym.make("Pendulum-v1")
+        obs, _ = env.reset(seed=10_300 + k)  # gymnasium's vector env seeds copy k with seed + k
+        total, done = 0.0, False
+        while not done:
+            action, _ = model.predict(obs, deterministic=True)
+            obs, r, terminated, truncated, _ = env.step(action)
+            total, done = total + r, terminated or truncated
+        returns.append(total)
+    assert ev["return_mean"][-1] == pytest.approx(np.mean(returns), rel=1e-5)
+
+
+def test_a_finished_baseline_is_told_from_a_stopped_one(tmp_path):
+    from virel_ppl.baselines import finished
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "eval.csv").write_text("step,return_mean,return_std\n100,1,0\n200,2,0\n")
+    assert not finished(run, 300) and finished(run, 200) and not finished(tmp_path / "none", 200)
+
+
+def test_sb3_missing_says_which_extra_to_install(monkeypatch):
+    from virel_ppl.baselines import require_sb3
+
+    real_import = builtins.__import__
+
+    def no_sb3(name, *args, **kwargs):
+        if name == "stable_baselines3":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_sb3)
+    with pytest.raises(ConfigError, match=r'pip install -e "\.\[bench\]"'):
+        require_sb3()
+
+
+def test_a_sweep_runs_sb3_beside_ours_and_reports_them_apart(tmp_path):
+    from virel_ppl.sweep import sweep
+
+    base = Config(**{**SMALL, "algo": "virel", "hidden": (16, 16), "batch_size": 32})
+    result = sweep({"env": ["Pendulum-v1"], "algo": ["virel", "sb3_sac"], "seed": [0]}, base, tmp_path / "sw")
+    assert not result.failed and not result.interrupted
+    for name in ("Pendulum-v1__virel__0", "Pendulum-v1__sb3_sac__0"):
+        assert read_csv(tmp_path / "sw" / name / "eval.csv")["step"] == [100.0, 200.0, 300.0]
+    assert "Pendulum-v1 · sb3_sac" in result.table and "Pendulum-v1 · virel" in result.table
+
+
+# --- benchmarks/paper.py ------------------------------------------------------------------------------------------
+
+
+def args(**kw) -> argparse.Namespace:
+    defaults = dict(tasks=["HalfCheetah-v5", "Hopper-v5"], algos=["beta", "sb3_sac"], then=["sac_auto"], seeds=[0, 1])
+    defaults |= dict(budget=10_000, eval_every=5_000, eval_episodes=10)
+    return argparse.Namespace(**{**defaults, **kw})
+
+
+def test_the_study_runs_seed_major_with_stage_two_last_and_the_paper_preset():
+    trials = paper.plan_trials(args())
+    names = [t.name for t in trials]
+    first = ["HalfCheetah-v5__beta__0", "HalfCheetah-v5__sb3_sac__0", "Hopper-v5__beta__0", "Hopper-v5__sb3_sac__0"]
+    assert names[:4] == first
+    assert names[4:8] == [n.replace("__0", "__1") for n in names[:4]]
+    assert names[8:] == ["HalfCheetah-v5__sac_auto__0", "Hopper-v5__sac_auto__0"] + [
+        "HalfCheetah-v5__sac_auto__1", "Hopper-v5__sac_auto__1"
+    ]  # fmt: skip
+    cfg = trials[0].config
+    paper_cfg = preset_config("paper", env="HalfCheetah-v5")
+    assert (cfg.batch_size, cfg.hidden, cfg.policy_lr, cfg.beta_scale) == (128, (300, 300), 3e-4, 4e-3)
+    assert (cfg.batch_size, cfg.hidden, cfg.beta_scale) == (paper_cfg.batch_size, paper_cfg.hidden, 4e-3)
+    assert (cfg.total_steps, cfg.eval_every, cfg.eval_episodes, cfg.seed) == (10_000, 5_000, 10, 0)
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"algos": ["virel", "sacc"]}, "Unknown algorithm 'sacc'"),
+        ({"budget": 1000}, "not above the warm-up"),
+        ({"budget": 12_000}, "must be positive and divide"),
+    ],
+)
+def test_bad_study_input_is_one_line(kw, message):
+    with pytest.raises(ConfigError, match=message):
+        paper.check_args(args(**kw))
+
+
+def test_an_unknown_task_stops_the_study_before_any_trial(tmp_path, capsys, monkeypatch):
+    argv = ["paper.py", "--tasks", "HalfCheeta-v5", "--budget", "2000", "--eval-every", "1000"]
+    argv += ["--root", str(tmp_path / "root"), "--results", str(tmp_path / "res")]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit, match="error: .*HalfCheeta-v5"):
+        paper.main()
+    assert not (tmp_path / "res").exists()
+
+
+def _result(root: Path, name: str, returns: dict[int, float], error: str | None = None) -> None:
+    out = root / name
+    out.mkdir(parents=True)
+    rows = "".join(f"{s},{r},0\n" for s, r in returns.items())
+    out.joinpath("eval.csv").write_text("step,return_mean,return_std\n" + rows)
+    out.joinpath("config.json").write_text(json.dumps({"env": name.split("__")[0], "algo": name.split("__")[1]}))
+    out.joinpath("timing.csv").write_text("step,time_total_s\n5000,100\n10000,200\n")
+    if error:
+        out.joinpath("error.txt").write_text(error)
+
+
+def test_the_table_reports_a_diverged_trial_as_diverged_and_compares_with_sac(tmp_path):
+    for seed, (a, b) in enumerate([(100.0, 10.0), (200.0, 20.0), (300.0, 30.0)]):
+        _result(tmp_path, f"Hopper-v5__beta__{seed}", {5000: 0.0, 10_000: a})
+        _result(tmp_path, f"Hopper-v5__sb3_sac__{seed}", {5000: 0.0, 10_000: b})
+    _result(tmp_path, "Hopper-v5__beta__3", {5000: 0.0}, error="ConfigError: The critic diverged: NaN at step 7000")
+    table = paper.table(tmp_path, ["Hopper-v5"], ["beta", "sb3_sac"], 10_000)
+    beta = next(line for line in table.splitlines() if "| beta |" in line)
+    # mean ± sd (population) of 100, 200, 300: 200 ± 81.6; IQM of three = their mean; 50 steps/s from timing.csv
+    assert "| 3 (seed 3 diverged) |" in beta and "200 ± 82" in beta and "| 50.0 |" in beta
+    assert beta.endswith("| ahead |")  # every resampled IQM of beta (≥ 100) is above every one of SAC (≤ 30)
