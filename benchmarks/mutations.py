@@ -491,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listed-only", action="store_true", help="only the hand-written mutations (and wiring)")
     parser.add_argument("--wiring-only", action="store_true", help="only the wiring mutations")
     parser.add_argument("--no-wiring", action="store_true", help="leave the wiring mutations out")
+    parser.add_argument("--wiring-tests", nargs="+", default=WIRING_TESTS, help="the tests run on wiring mutants")
     parser.add_argument("--generated", type=int, default=150, help="sample this many generated mutants (0: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample")
     parser.add_argument("--timeout", type=float, default=90.0, help="seconds per mutant")
@@ -527,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
             original = path.read_text()
             try:
                 path.write_text(item.source)
-                tests = WIRING_TESTS if item.kind == "wiring" else tests_for(item.file)
+                tests = args.wiring_tests if item.kind == "wiring" else tests_for(item.file)
                 verdict, detail, seconds = run_tests(work, tests, args.timeout)
             finally:
                 path.write_text(original)  # always restore, whatever happened

@@ -296,8 +296,13 @@ def _trainable(
     run_dir = Path(spec["run_dir"])
     cfg = replace(cfg, run_dir=run_dir)
     if cfg.algo in BASELINES:  # an external learner: no checkpoint, so a stopped one starts again from scratch
+
+        def report_eval(step: int) -> None:
+            if step < cfg.total_steps:  # the last one is reported once, below
+                tune.report(_metrics(run_dir))
+
         if not finished(run_dir, cfg.total_steps):
-            train_sb3_sac(cfg, on_eval=lambda step: step < cfg.total_steps and tune.report(_metrics(run_dir)))
+            train_sb3_sac(cfg, on_eval=report_eval)
         tune.report({**_metrics(run_dir), "finished": True})
         return
     checkpoint = tune.get_checkpoint() if tune_checkpoints else None
