@@ -7,14 +7,15 @@
     python examples/mujoco_svi.py --resume runs/<run>                # continue after Ctrl-C
     virel_ppl evaluate runs/<run> --video                           # returns (and a GIF) from a checkpoint
 
-Every flag is a field of ``virel_ppl.config.Config``; ``--help`` lists them with their defaults.
+    python examples/mujoco_svi.py --preset paper --env Hopper-v5   # VIREL App. I's settings
+
+This script is ``virel_ppl train``: the same entry point, so the same flags (``--preset`` included) and exit codes.
+Every other flag is a field of ``virel_ppl.config.Config``; ``--help`` lists them with their defaults.
 """
 
 import sys
 
-import tyro
-
-from virel_ppl.cli import TrainArgs, run_train
+from virel_ppl.cli import main
 
 if __name__ == "__main__":
-    run_train(tyro.cli(TrainArgs), sys.argv[1:])
+    main(["train", *sys.argv[1:]])
