@@ -18,7 +18,7 @@ import torch
 
 from virel_ppl.checkpoints import CHECKPOINT
 from virel_ppl.cli import main
-from virel_ppl.logger import TornLineWarning, read_csv
+from virel_ppl.logger import read_csv
 
 REPO = Path(__file__).resolve().parents[1]
 # A tiny Pendulum-v1 run: updates from step 50, train.csv every 20 steps, checkpoints every 40 steps.
