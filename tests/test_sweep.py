@@ -6,6 +6,7 @@ Ray starts once for the module (2 CPUs, no dashboard); the sweeps are tiny (Pend
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -144,6 +145,7 @@ def test_asha_scheduler_counts_env_steps():
         (["--address", "127.0.0.1:{port}"], "no Ray cluster answers there"),
         (["--address", "ray://127.0.0.1:{port}"], "no Ray cluster answers there"),
         (["--address", "nohostport"], "expected auto, HOST:PORT or ray://HOST:PORT"),
+        (["--set", "threads=0"], "--threads must be a positive integer"),
     ],
 )
 def test_bad_input_is_one_error_line_before_any_trial(tmp_path, flags, says):
@@ -241,7 +243,7 @@ def test_ctrl_c_stops_the_sweep_and_resume_reruns_no_finished_trial(local_sweep,
     assert proc.poll() is None, proc.communicate()[0][-3000:]
     proc.send_signal(signal.SIGINT)
     out = proc.communicate(timeout=300)[0]
-    assert proc.returncode != 0 and "--resume" in out, out[-3000:]
+    assert proc.returncode == 130 and "--resume" in out, out[-3000:]  # a stop, as train's Ctrl-C: not an error
     finished = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in first.iterdir() if p.is_file()}
 
     done = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=900)
@@ -267,3 +269,97 @@ def test_asha_stops_weak_trials_at_env_step_milestones(ray_local, tmp_path):
         assert ev["step"] == ([200.0] if stopped else [200.0, 400.0, 600.0]), (algo, recorded, at_200)
         recorded.append(at_200)
     assert result.report is not None and len([r for r in result.table.splitlines() if "Pendulum-v1 ·" in r]) == 3
+
+
+# --- a root is one sweep's; a trial the cluster cannot place is refused (issue 22) ----------------------------------
+
+
+def test_a_second_sweep_into_a_locked_root_is_one_error_line(tmp_path):
+    import fcntl
+
+    root = tmp_path / "root"
+    root.mkdir()
+    with open(root / ".lock", "w") as held:  # what a running sweep holds for its whole life
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        argv = ["sweep", *CLI_BASE, "--seeds", "0", "--root", str(root)]
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+    message = str(exc.value.code)
+    assert message.startswith("error: ") and "\n" not in message and "in use by another sweep" in message
+    assert sorted(p.name for p in root.iterdir()) == [".lock"]  # no sweep.json, no Tune state: nothing started
+
+
+def test_gpus_per_trial_on_a_cluster_without_a_gpu_is_refused_at_start_up(ray_local, tmp_path):
+    root = tmp_path / "root"
+    argv = ["sweep", *CLI_BASE, "--seeds", "0", "--root", str(root), "--gpus-per-trial", "1"]
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--address", ray_local])
+    message = str(exc.value.code)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    assert gpus == 0  # the module's Ray has 2 CPUs and no GPU
+    assert message.startswith("error: --gpus-per-trial 1: the Ray cluster has no GPU (and 2 CPUs)"), message
+    assert not root.exists()  # refused before anything was written
+
+
+# --- never an older copy over a newer run directory (issue 22, 1) ---------------------------------------------------
+
+
+class StopAt:
+    """What a stop does inside a trial: the run checkpoints after this step and returns."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def __call__(self, trainer, step: int) -> None:
+        if step == self.step:
+            trainer.stop_requested = True
+
+
+def _newer_and_older(tmp_path):
+    """A run directory with its checkpoint at step 200 and a Tune checkpoint of it (a copy) from step 100."""
+    from virel_ppl.train import train
+
+    cfg = replace(BASE, total_steps=300, checkpoint_every=100, run_dir=tmp_path / "root" / "run")
+    train(cfg, hooks=[StopAt(100)])
+    older = Path(shutil.copytree(cfg.run_dir, tmp_path / "tune_copy"))
+    train(resume=cfg.run_dir, hooks=[StopAt(200)])
+    return cfg, older
+
+
+def _files(run_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(run_dir.iterdir()) if p.is_file()}
+
+
+def test_the_driver_never_replaces_a_newer_run_directory_with_an_older_tune_copy(tmp_path):
+    from ray import tune
+
+    from virel_ppl import sweep as sweep_module
+
+    cfg, older = _newer_and_older(tmp_path)
+    newer = _files(cfg.run_dir)
+    result = type("Result", (), {"checkpoint": tune.Checkpoint.from_directory(str(older)), "metrics": {"step": 100}})
+    sweep_module._fetch_run_dir(result, cfg.run_dir)  # what sweep() does with each trial after fit() returns
+    assert _files(cfg.run_dir) == newer
+    assert _eval(cfg.run_dir)["step"] == [200.0]
+    shutil.rmtree(cfg.run_dir)  # a run directory that is not here (it ran on another machine) is fetched
+    sweep_module._fetch_run_dir(result, cfg.run_dir)
+    assert _files(cfg.run_dir) == _files(older)
+
+
+def test_a_restored_trial_resumes_its_newer_run_directory_not_the_older_tune_copy(tmp_path, monkeypatch):
+    from ray import tune
+
+    from virel_ppl import sweep as sweep_module
+    from virel_ppl.train import train
+
+    cfg, older = _newer_and_older(tmp_path)
+    reported: list[dict] = []
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: tune.Checkpoint.from_directory(str(older)))
+    monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: reported.append(metrics))
+    starts = tmp_path / "starts.csv"
+    spec = {"name": "run", "run_dir": str(cfg.run_dir), "config": cfg.to_dict()}
+    sweep_module._trainable({"name": "run"}, {"run": spec}, hooks=[RecordStart(starts)], tune_checkpoints=True)
+    assert int(starts.read_text().split(",")[1]) == 201  # continued from its own checkpoint at 200, not from 100
+    ref = train(replace(cfg, run_dir=tmp_path / "ref"))
+    assert _eval(cfg.run_dir) == _eval(ref.run_dir) and reported[-1]["finished"] is True
+    assert read_csv(cfg.run_dir / "train.csv") == read_csv(ref.run_dir / "train.csv")

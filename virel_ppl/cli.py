@@ -337,7 +337,7 @@ def run_sweep(args: SweepArgs) -> None:
             resume=args.resume,
         )
     except KeyboardInterrupt:
-        raise SystemExit(f"Sweep stopped; continue it with the same command and --resume (root {args.root}).") from None
+        _sweep_stopped(args.root)
     if result.table:
         print(result.table)
         print(f"report: {result.report} (plots beside it); runs: {result.root}")
@@ -346,7 +346,13 @@ def run_sweep(args: SweepArgs) -> None:
             f"error: {len(result.failed)} trial(s) failed: {', '.join(result.failed)} (see {result.root}/tune)"
         )
     if result.interrupted:
-        raise SystemExit(f"Sweep stopped; continue it with the same command and --resume (root {args.root}).")
+        _sweep_stopped(args.root)
+
+
+def _sweep_stopped(root: Path) -> typing.NoReturn:
+    """A sweep stopped by Ctrl-C: say how to continue, and exit 130 as ``train`` does (a stop, not an error)."""
+    print(f"Sweep stopped; continue it with the same command and --resume (root {root}).", file=sys.stderr)
+    raise SystemExit(128 + signal.SIGINT)
 
 
 def main(argv: list[str] | None = None) -> None:
