@@ -5,6 +5,7 @@ Ray starts once for the module (2 CPUs, no dashboard); the sweeps are tiny (Pend
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ import helpers
 import numpy as np
 import pytest
 import ray
+import torch
 
 from virel_ppl.cli import SweepArgs, main
 from virel_ppl.config import Config
@@ -363,3 +365,96 @@ def test_a_restored_trial_resumes_its_newer_run_directory_not_the_older_tune_cop
     ref = train(replace(cfg, run_dir=tmp_path / "ref"))
     assert _eval(cfg.run_dir) == _eval(ref.run_dir) and reported[-1]["finished"] is True
     assert read_csv(cfg.run_dir / "train.csv") == read_csv(ref.run_dir / "train.csv")
+
+
+# --- fault injection: a kill and a Ctrl-C at random points, then --resume (issue 22) -----------------------------
+
+
+def _tb_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """What TensorBoard shows for a run: its scalars by tag (``EventAccumulator`` applies a resumed writer's purge)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def _holders(run_dir: Path) -> list[int]:
+    """The processes that hold a file of ``run_dir`` open: the Ray worker running that trial (its logs stay open)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd).startswith(f"{run_dir}/") for fd in (proc / "fd").iterdir()):
+                pids.append(int(proc.name))
+        except OSError:  # gone, or not ours to read
+            continue
+    return pids
+
+
+def _rows(path: Path) -> int:
+    return len(read_csv(path, warn=False).get("step", [])) if path.exists() else 0
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_and_stopped_at_random_points_resumes_to_what_an_uninterrupted_sweep_writes(ray_local, tmp_path):
+    """Two trials, one at a time, TensorBoard on: SIGKILL the first trial's worker after a random step, SIGINT the
+    driver at a random later point, then the same command with --resume. Every run directory ends as the
+    uninterrupted sweep's: the same files, byte-equal CSVs, the same config, checkpoint and TensorBoard scalars."""
+    import random
+
+    steps = 400  # train.csv rows at 100, 150, ..., 400: 7 per trial
+    base = replace(BASE, total_steps=steps, tensorboard=True)
+    ref = sweep({"algo": ["virel", "beta"], "seed": [2]}, base, tmp_path / "ref", max_concurrent=1, verbose=0)
+    assert not ref.failed and not ref.interrupted
+
+    rng = random.Random()
+    seed = rng.randrange(10**6)
+    rng.seed(seed)
+    kill_step, stop_rows = rng.randrange(101, steps), rng.randrange(9, 13)  # stop: after 9..12 of the 14 rows
+    note = f"random seed {seed}: SIGKILL after step {kill_step}, SIGINT after {stop_rows} train.csv rows"
+    root = tmp_path / "root"
+    cli = [a.replace("tensorboard=False", "tensorboard=true") for a in CLI_BASE]
+    cli[cli.index("--total-steps") + 1] = str(steps)
+    argv = [sys.executable, "-m", "virel_ppl.cli", "sweep", *cli, "--algos", "virel", "beta", "--seeds", "2"]
+    argv += ["--root", str(root), "--max-concurrent", "1", "--address", ray_local]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    first, second = root / "Pendulum-v1__virel__2", root / "Pendulum-v1__beta__2"
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 1200  # a guard against a hang, not a timed assertion
+    killed = []
+    while proc.poll() is None and time.monotonic() < deadline:
+        train_csv = first / "train.csv"
+        if not killed and train_csv.exists() and read_csv(train_csv, warn=False).get("step", [0])[-1] >= kill_step:
+            killed = _holders(first)
+            for pid in killed:
+                os.kill(pid, signal.SIGKILL)
+        if killed and _rows(first / "train.csv") + _rows(second / "train.csv") >= stop_rows:
+            break
+        time.sleep(0.2)
+    assert killed, (note, proc.communicate()[0][-3000:] if proc.poll() is not None else "")
+    stopped = proc.poll() is None
+    if stopped:
+        proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == (130 if stopped else 0), (note, out[-3000:])
+
+    done = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, (note, (done.stdout + done.stderr)[-3000:])
+    for name in ("Pendulum-v1__virel__2", "Pendulum-v1__beta__2"):
+        got, want = root / name, ref.root / name
+        assert sorted(p.name for p in got.iterdir()) == sorted(p.name for p in want.iterdir()), (note, name)
+        for csv_file in sorted(want.glob("*.csv")):
+            assert (got / csv_file.name).read_bytes() == csv_file.read_bytes(), (note, name, csv_file.name)
+        configs = [{k: v for k, v in json.loads((d / "config.json").read_text()).items() if k != "run_dir"}
+                   for d in (got, want)]  # fmt: skip
+        assert configs[0] == configs[1], (note, name)
+        a, b = (torch.load(d / "checkpoint.pt", weights_only=False) for d in (got, want))
+        assert a["step"] == b["step"] == steps, note
+        ta, tb = helpers.state_tensors(a["agent"]), helpers.state_tensors(b["agent"])
+        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in tb), (note, name)
+        assert _tb_scalars(got) == _tb_scalars(want), (note, name)
+    assert [r for r in done.stdout.splitlines() if r.startswith("| Pendulum")] == [
+        r for r in ref.table.splitlines() if r.startswith("| Pendulum")
+    ], note

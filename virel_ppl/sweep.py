@@ -27,7 +27,9 @@ import math
 import os
 import shutil
 import socket
+import sys
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -386,6 +388,31 @@ def _package_root() -> str:
     return str(Path(virel_ppl.__file__).resolve().parent.parent)
 
 
+@contextmanager
+def _quiet_ray_core():
+    """Hold back what Ray's C++ core writes to stderr while it connects: each unanswered retry of a connection to
+    something that is not a Ray head is a line (``Failed to connect to GCS ... within 5 seconds``, ~20 before Ray
+    gives up). On success it is written out as it came; on failure it is dropped, and the sweep's ``error:`` line
+    says what happened. (Ray's core logs before its log level is set, so only the file descriptor can hold it.)"""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if ok:
+                held.seek(0)
+                sys.stderr.write(held.read().decode(errors="replace"))
+
+
 def start_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) -> None:
     """Connect to the cluster at ``address``, or start Ray on this machine (``num_cpus``: the cores, no dashboard,
     a small object store: trials pass files, not objects). Workers import this copy of ``virel_ppl``."""
@@ -395,7 +422,8 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, **kwargs)
         _check_address(address)
         runtime_env = {"py_modules": [str(Path(_package_root()) / "virel_ppl")]} if address != "local" else None
         try:
-            ray.init(address=address, runtime_env=runtime_env, logging_level="ERROR", **kwargs)
+            with _quiet_ray_core():
+                ray.init(address=address, runtime_env=runtime_env, logging_level="ERROR", **kwargs)
         except (ConnectionError, RuntimeError, TimeoutError) as err:
             raise SweepError(f"--address {address}: cannot connect to Ray ({err}).") from None
         return
