@@ -556,7 +556,7 @@ def _unfinished(experiment: str, results) -> int:
     try:
         return sum(t.status not in ("TERMINATED", "ERROR") for t in ExperimentAnalysis(experiment).trials)
     except Exception:  # an unreadable state: fall back on the last reports (a finished run reports finished)
-        return sum(res.error is None and not res.metrics.get("finished") for res in results)
+        return sum(res.error is None and not (res.metrics or {}).get("finished") for res in results)
 
 
 def report_table(report_md: Path) -> str:
