@@ -62,7 +62,8 @@ class TrainArgs:
     resume: Path | None = None
     """Continue the run saved in this directory. Every flag given is applied; only --total-steps, --eval-every,
     --eval-episodes, --log-every, --checkpoint-every, --threads, --[no-]tensorboard, --[no-]progress and
-    --[no-]cuda-graph may change, any other flag must repeat the saved value."""
+    --[no-]cuda-graph may change (--total-steps not below the steps already run), any other flag must repeat the
+    saved value."""
     overwrite: bool = False
     """Start a new run in --run-dir even if it holds one: that run's logs and checkpoints are removed first."""
 
