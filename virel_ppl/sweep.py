@@ -314,6 +314,7 @@ def _trainable(
     from virel_ppl.baselines import BASELINES, finished, train_sb3_sac
     from virel_ppl.train import CHECKPOINT, train
 
+    sys.unraisablehook = _exit_noise_dropped  # this worker process: Ray's actor exit is not an error to print
     spec = specs[param["name"]]
     cfg = Config.from_dict(spec["config"])
     run_dir = Path(spec["run_dir"])
@@ -411,6 +412,29 @@ def _quiet_ray_core():
             if ok:
                 held.seek(0)
                 sys.stderr.write(held.read().decode(errors="replace"))
+
+
+@contextmanager
+def _unhandled_errors_ignored():
+    """Ray logs an ``ActorDiedError`` traceback for each result of a stopped trial actor that nobody fetched (Tune
+    ends actors whose last calls are still pending) as "Unhandled error". Tune reports a trial's own errors itself
+    (``SweepResult.failed``, ROOT/tune/.../error.txt), so these are shutdown noise: Ray's switch
+    ``RAY_IGNORE_UNHANDLED_ERRORS`` (read when such an error is seen) turns them off while the trials run."""
+    old = os.environ.get("RAY_IGNORE_UNHANDLED_ERRORS")
+    os.environ["RAY_IGNORE_UNHANDLED_ERRORS"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("RAY_IGNORE_UNHANDLED_ERRORS", None)
+
+
+def _exit_noise_dropped(unraisable) -> None:
+    """``sys.unraisablehook`` of a trial's worker: Ray ends an actor by raising ``SystemExit`` in it, which Python
+    reports as "Exception ignored in ..." where it cannot propagate (a finished trial's threads); the rest as usual."""
+    if isinstance(unraisable.exc_value, SystemExit):
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def start_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) -> None:
@@ -723,7 +747,8 @@ def _run(
                 ),
                 run_config=run_config,
             )
-        results = tuner.fit()
+        with _unhandled_errors_ignored():
+            results = tuner.fit()
         failed = []
         for res in results:
             if not res.config:  # a trial that a Ctrl-C stopped before it started: nothing to fetch
@@ -736,7 +761,8 @@ def _run(
         interrupted = _unfinished(experiment, results) > 0
     finally:
         if started:
-            ray.shutdown()
+            with _unhandled_errors_ignored():
+                ray.shutdown()
     run_dirs = [Path(s["run_dir"]) for s in specs if (Path(s["run_dir"]) / "eval.csv").exists()]
     report, table = None, ""
     if run_dirs and not interrupted:
