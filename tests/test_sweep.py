@@ -165,6 +165,25 @@ def test_bad_input_is_one_error_line_before_any_trial(tmp_path, flags, says):
     assert not root.exists()  # nothing started, nothing written
 
 
+@pytest.mark.slow
+def test_an_address_that_is_not_a_ray_head_is_one_error_line_without_rays_retries(tmp_path):
+    """Something listens at the address but never answers as Ray: Ray's core logs each retry (a line every few
+    seconds) before it gives up; the sweep shows none of them, only its error line. One retry here
+    (``RAY_gcs_server_port_wait_time_s=1``, Ray's own knob) keeps the test to Ray's one connection timeout."""
+    with socket.socket() as listener:  # the kernel accepts connections; nothing ever replies
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        port = listener.getsockname()[1]
+        argv = [sys.executable, "-m", "virel_ppl.cli", "sweep", *CLI_BASE, "--seeds", "0"]
+        argv += ["--root", str(tmp_path / "root"), "--address", f"127.0.0.1:{port}"]
+        env = {**os.environ, "RAY_gcs_server_port_wait_time_s": "1", "PYTHONPATH": str(REPO)}
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith(f"error: --address 127.0.0.1:{port}: something answers there, but Ray cannot connect")
+    assert not (tmp_path / "root").exists()
+
+
 # --- sweeps on local Ray ---------------------------------------------------------------------------------------------
 
 
@@ -250,6 +269,8 @@ def test_ctrl_c_stops_the_sweep_and_resume_reruns_no_finished_trial(local_sweep,
 
     done = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    for noise in ("Traceback", "Exception ignored", "ActorDiedError"):  # Ray's shutdown noise, on a sweep that worked
+        assert noise not in done.stderr, done.stderr[-3000:]
     assert finished == {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in first.iterdir() if p.is_file()}
     assert _eval(second) == _eval(result.root / "Pendulum-v1__beta__1")  # continued exactly
     assert "| Pendulum-v1 · virel | 1 | 600 |" in done.stdout and "| Pendulum-v1 · beta | 1 | 600 |" in done.stdout

@@ -449,7 +449,11 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, **kwargs)
             with _quiet_ray_core():
                 ray.init(address=address, runtime_env=runtime_env, logging_level="ERROR", **kwargs)
         except (ConnectionError, RuntimeError, TimeoutError) as err:
-            raise SweepError(f"--address {address}: cannot connect to Ray ({err}).") from None
+            first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+            raise SweepError(
+                f"--address {address}: something answers there, but Ray cannot connect to it ({first.rstrip('.')}); "
+                "check that it is a Ray head's address (`ray status` on the head prints it)."
+            ) from None
         return
     pythonpath = os.pathsep.join(p for p in (_package_root(), os.environ.get("PYTHONPATH")) if p)
     ray.init(
