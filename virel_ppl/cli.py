@@ -190,7 +190,8 @@ class DiagnoseArgs:
     num_samples: int = 2000
     """Guide draws (and target draws) per state."""
     eps: float | None = None
-    """Temperature ε of the target; None: the last ε in train.csv (else --alpha of the run)."""
+    """Temperature ε of the target; None: the ε of train.csv's last complete row (without one: --alpha for virel,
+    whose ε is fixed; the other algorithms then need --eps)."""
     seed: int = 0
     out: Path | None = None
     """Output folder; None: RUN_DIR/posterior."""
