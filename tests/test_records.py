@@ -9,6 +9,7 @@ import re
 import runpy
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import gymnasium as gym
@@ -16,9 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from virel_ppl.checkpoints import CHECKPOINT
+from virel_ppl.checkpoints import CHECKPOINT, CheckpointError
 from virel_ppl.cli import main
+from virel_ppl.config import Config
 from virel_ppl.logger import read_csv
+from virel_ppl.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 # A tiny Pendulum-v1 run: updates from step 50, train.csv every 20 steps, checkpoints every 40 steps.
@@ -88,15 +91,10 @@ class DieAt:
 
 
 def test_tensorboard_after_a_stop_a_kill_and_two_resumes_holds_what_an_uninterrupted_run_holds(tmp_path):
-    from virel_ppl.config import Config
-    from virel_ppl.train import train
-
     cfg = Config(
         env="Pendulum-v1", total_steps=300, hidden=(8,), batch_size=16, warmup_steps=50, eval_every=60,
         eval_episodes=1, log_every=20, checkpoint_every=100, progress=False, tensorboard=True, threads=1,
     )  # fmt: skip
-    from dataclasses import replace
-
     train(replace(cfg, run_dir=tmp_path / "straight"))
     run_dir = tmp_path / "stopped"
     assert train(replace(cfg, run_dir=run_dir), hooks=[StopAt(140)]).steps == 140  # checkpoint at 140
@@ -243,12 +241,11 @@ def test_the_command_line_cannot_resume_an_elbo_object_and_says_so_in_one_line(c
 
 def test_python_resumes_a_run_from_code_with_the_same_objects(custom_guide_run, tmp_path):
     from virel_ppl.divergences import ScaledRenyiELBO
-    from virel_ppl.train import train
 
     run = Path(shutil.copytree(custom_guide_run, tmp_path / "G"))
     module = runpy.run_path(str(REPO / "examples" / "custom_guide.py"))  # not as __main__: only the class
     guide = module["SharedStdTanhNormal"]
-    with pytest.raises(Exception, match="trained with the guide .*SharedStdTanhNormal, not"):
+    with pytest.raises(CheckpointError, match="trained with the guide .*SharedStdTanhNormal, not"):
         train(
             resume=run, overrides={"total_steps": 160}, policy_factory=lambda o, b: _Other(),
             elbo=ScaledRenyiELBO(alpha=0.5, num_particles=8),
@@ -267,10 +264,8 @@ class _Other(torch.nn.Module):
 
 def test_a_guide_that_cannot_be_imported_is_one_line(custom_guide_run, tmp_path):
     run = Path(shutil.copytree(custom_guide_run, tmp_path / "G"))
-    for name in ("config.json",):
-        config = json.loads((run / name).read_text())
-        config["guide"] = "no_such_module_here:Guide"
-        (run / name).write_text(json.dumps(config))
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "guide": "no_such_module_here:Guide"}))
     state = torch.load(run / CHECKPOINT, weights_only=False)
     state["config"]["guide"] = "no_such_module_here:Guide"
     torch.save(state, run / CHECKPOINT)
