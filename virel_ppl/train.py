@@ -327,7 +327,9 @@ def train(
     """Run ``config`` to ``config.total_steps``, or continue the run in ``resume``. ``hooks`` are called as
     ``hook(trainer, step)`` after every environment step. ``policy_factory(obs_dim, box)`` and ``elbo`` (a Pyro
     ``ELBO`` object, checked by ``virel_ppl.divergences.make_elbo``) replace ``config.guide`` and ``config.elbo``
-    with objects from code.
+    with objects from code; the run records their classes there (``checkpoints.code_name``: ``module:Class``), so
+    config.json and reports say what ran. A resume rebuilds such a guide from its class where it can be imported
+    (``Class(obs_dim, box, hidden=config.hidden)``); an ELBO object must be passed again.
 
     A resume continues from the saved config; ``config`` (if given) and ``overrides`` may change only the fields
     in ``checkpoints.RESUMABLE`` (e.g. a larger ``total_steps``), anything else raises ``CheckpointError``. A new run
