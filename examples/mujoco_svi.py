@@ -7,8 +7,10 @@
     python examples/mujoco_svi.py --resume runs/<run>                # continue after Ctrl-C
     virel_ppl evaluate runs/<run> --video                           # returns (and a GIF) from a checkpoint
 
-Every flag is a field of ``virel_ppl.config.Config``; ``--help`` lists them with their defaults. This script is
-``virel_ppl train``: the same flags, ``--preset`` included (``--preset paper``: VIREL App. I's settings).
+    python examples/mujoco_svi.py --preset paper --env Hopper-v5   # VIREL App. I's settings
+
+This script is ``virel_ppl train``: the same entry point, so the same flags (``--preset`` included) and exit codes.
+Every other flag is a field of ``virel_ppl.config.Config``; ``--help`` lists them with their defaults.
 """
 
 import sys

@@ -5,7 +5,10 @@ Ray starts once for the module (2 CPUs, no dashboard); the sweeps are tiny (Pend
 
 from __future__ import annotations
 
+import csv
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +21,7 @@ import helpers
 import numpy as np
 import pytest
 import ray
+import torch
 
 from virel_ppl.cli import SweepArgs, main
 from virel_ppl.config import Config
@@ -144,6 +148,7 @@ def test_asha_scheduler_counts_env_steps():
         (["--address", "127.0.0.1:{port}"], "no Ray cluster answers there"),
         (["--address", "ray://127.0.0.1:{port}"], "no Ray cluster answers there"),
         (["--address", "nohostport"], "expected auto, HOST:PORT or ray://HOST:PORT"),
+        (["--set", "threads=0"], "--threads must be a positive integer"),
     ],
 )
 def test_bad_input_is_one_error_line_before_any_trial(tmp_path, flags, says):
@@ -159,6 +164,25 @@ def test_bad_input_is_one_error_line_before_any_trial(tmp_path, flags, says):
     message = str(exc.value.code)
     assert message.startswith("error: ") and "\n" not in message and says in message
     assert not root.exists()  # nothing started, nothing written
+
+
+@pytest.mark.slow
+def test_an_address_that_is_not_a_ray_head_is_one_error_line_without_rays_retries(tmp_path):
+    """Something listens at the address but never answers as Ray: Ray's core logs each retry (a line every few
+    seconds) before it gives up; the sweep shows none of them, only its error line. One retry here
+    (``RAY_gcs_server_port_wait_time_s=1``, Ray's own knob) keeps the test to Ray's one connection timeout."""
+    with socket.socket() as listener:  # the kernel accepts connections; nothing ever replies
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        port = listener.getsockname()[1]
+        argv = [sys.executable, "-m", "virel_ppl.cli", "sweep", *CLI_BASE, "--seeds", "0"]
+        argv += ["--root", str(tmp_path / "root"), "--address", f"127.0.0.1:{port}"]
+        env = {**os.environ, "RAY_gcs_server_port_wait_time_s": "1", "PYTHONPATH": str(REPO)}
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith(f"error: --address 127.0.0.1:{port}: something answers there, but Ray cannot connect")
+    assert not (tmp_path / "root").exists()
 
 
 # --- sweeps on local Ray ---------------------------------------------------------------------------------------------
@@ -241,7 +265,7 @@ def test_ctrl_c_stops_the_sweep_and_resume_reruns_no_finished_trial(local_sweep,
     assert proc.poll() is None, proc.communicate()[0][-3000:]
     proc.send_signal(signal.SIGINT)
     out = proc.communicate(timeout=300)[0]
-    assert proc.returncode != 0 and "--resume" in out, out[-3000:]
+    assert proc.returncode == 130 and "--resume" in out, out[-3000:]  # a stop, as train's Ctrl-C: not an error
     finished = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in first.iterdir() if p.is_file()}
 
     done = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=900)
@@ -267,3 +291,203 @@ def test_asha_stops_weak_trials_at_env_step_milestones(ray_local, tmp_path):
         assert ev["step"] == ([200.0] if stopped else [200.0, 400.0, 600.0]), (algo, recorded, at_200)
         recorded.append(at_200)
     assert result.report is not None and len([r for r in result.table.splitlines() if "Pendulum-v1 ·" in r]) == 3
+
+
+# --- a root is one sweep's; a trial the cluster cannot place is refused (issue 22) ----------------------------------
+
+
+def test_a_second_sweep_into_a_locked_root_is_one_error_line(tmp_path):
+    import fcntl
+
+    root = tmp_path / "root"
+    root.mkdir()
+    with open(root / ".lock", "w") as held:  # what a running sweep holds for its whole life
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        argv = ["sweep", *CLI_BASE, "--seeds", "0", "--root", str(root)]
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+    message = str(exc.value.code)
+    assert message.startswith("error: ") and "\n" not in message and "in use by another sweep" in message
+    assert sorted(p.name for p in root.iterdir()) == [".lock"]  # no sweep.json, no Tune state: nothing started
+
+
+def test_gpus_per_trial_on_a_cluster_without_a_gpu_is_refused_at_start_up(ray_local, tmp_path):
+    root = tmp_path / "root"
+    argv = ["sweep", *CLI_BASE, "--seeds", "0", "--root", str(root), "--gpus-per-trial", "1"]
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--address", ray_local])
+    message = str(exc.value.code)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    assert gpus == 0  # the module's Ray has 2 CPUs and no GPU
+    assert message.startswith("error: --gpus-per-trial 1: the Ray cluster has no GPU (and 2 CPUs)"), message
+    assert not root.exists()  # refused before anything was written
+
+
+# --- never an older copy over a newer run directory (issue 22, 1) ---------------------------------------------------
+
+
+class StopAt:
+    """What a stop does inside a trial: the run checkpoints after this step and returns."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def __call__(self, trainer, step: int) -> None:
+        if step == self.step:
+            trainer.stop_requested = True
+
+
+def _newer_and_older(tmp_path):
+    """A run directory with its checkpoint at step 200 and a Tune checkpoint of it (a copy) from step 100."""
+    from virel_ppl.train import train
+
+    cfg = replace(BASE, total_steps=300, checkpoint_every=100, run_dir=tmp_path / "root" / "run")
+    train(cfg, hooks=[StopAt(100)])
+    older = Path(shutil.copytree(cfg.run_dir, tmp_path / "tune_copy"))
+    train(resume=cfg.run_dir, hooks=[StopAt(200)])
+    return cfg, older
+
+
+def _files(run_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(run_dir.iterdir()) if p.is_file()}
+
+
+def test_the_driver_never_replaces_a_newer_run_directory_with_an_older_tune_copy(tmp_path):
+    from ray import tune
+
+    from virel_ppl import sweep as sweep_module
+
+    cfg, older = _newer_and_older(tmp_path)
+    newer = _files(cfg.run_dir)
+    result = type("Result", (), {"checkpoint": tune.Checkpoint.from_directory(str(older)), "metrics": {"step": 100}})
+    sweep_module._fetch_run_dir(result, cfg.run_dir)  # what sweep() does with each trial after fit() returns
+    assert _files(cfg.run_dir) == newer
+    assert _eval(cfg.run_dir)["step"] == [200.0]
+    shutil.rmtree(cfg.run_dir)  # a run directory that is not here (it ran on another machine) is fetched
+    sweep_module._fetch_run_dir(result, cfg.run_dir)
+    assert _files(cfg.run_dir) == _files(older)
+
+
+def test_a_restored_trial_resumes_its_newer_run_directory_not_the_older_tune_copy(tmp_path, monkeypatch):
+    from ray import tune
+
+    from virel_ppl import sweep as sweep_module
+    from virel_ppl.train import train
+
+    cfg, older = _newer_and_older(tmp_path)
+    reported: list[dict] = []
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: tune.Checkpoint.from_directory(str(older)))
+    monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: reported.append(metrics))
+    starts = tmp_path / "starts.csv"
+    spec = {"name": "run", "run_dir": str(cfg.run_dir), "config": cfg.to_dict()}
+    sweep_module._trainable({"name": "run"}, {"run": spec}, hooks=[RecordStart(starts)], tune_checkpoints=True)
+    assert int(starts.read_text().split(",")[1]) == 201  # continued from its own checkpoint at 200, not from 100
+    ref = train(replace(cfg, run_dir=tmp_path / "ref"))
+    assert _eval(cfg.run_dir) == _eval(ref.run_dir) and reported[-1]["finished"] is True
+    assert read_csv(cfg.run_dir / "train.csv") == read_csv(ref.run_dir / "train.csv")
+
+
+# --- fault injection: a kill and a Ctrl-C at random points, then --resume (issue 22) -----------------------------
+
+
+def _tb_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """What TensorBoard shows for a run: its scalars by tag (``EventAccumulator`` applies a resumed writer's purge)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def _holders(run_dir: Path) -> list[int]:
+    """The processes that hold a file of ``run_dir`` open: the Ray worker running that trial (its logs stay open)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd).startswith(f"{run_dir}/") for fd in (proc / "fd").iterdir()):
+                pids.append(int(proc.name))
+        except OSError:  # gone, or not ours to read
+            continue
+    return pids
+
+
+def _logged_steps(path: Path) -> list[float]:
+    """The steps of a CSV log that a running trial is writing (a line being written is not counted)."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    steps = []
+    for row in rows[1:]:
+        try:
+            steps.append(float(row[0]))
+        except (ValueError, IndexError):
+            continue
+    return steps
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_and_stopped_at_random_points_resumes_to_what_an_uninterrupted_sweep_writes(ray_local, tmp_path):
+    """Two trials, one at a time, TensorBoard on: SIGKILL the first trial's worker after a random step, SIGINT the
+    driver at a random later point, then the same command with --resume. Every run directory ends as the
+    uninterrupted sweep's: the same files, byte-equal CSVs, the same config, checkpoint and TensorBoard scalars."""
+    import random
+
+    steps = 400  # train.csv rows at 100, 150, ..., 400: 7 per trial
+    base = replace(BASE, total_steps=steps, tensorboard=True)
+    ref = sweep({"algo": ["virel", "beta"], "seed": [2]}, base, tmp_path / "ref", max_concurrent=1, verbose=0)
+    assert not ref.failed and not ref.interrupted
+
+    rng = random.Random()
+    seed = rng.randrange(10**6)
+    rng.seed(seed)
+    kill_step, stop_rows = rng.randrange(101, steps), rng.randrange(9, 13)  # stop: after 9..12 of the 14 rows
+    note = f"random seed {seed}: SIGKILL after step {kill_step}, SIGINT after {stop_rows} train.csv rows"
+    root = tmp_path / "root"
+    cli = [a.replace("tensorboard=False", "tensorboard=true") for a in CLI_BASE]
+    cli[cli.index("--total-steps") + 1] = str(steps)
+    argv = [sys.executable, "-m", "virel_ppl.cli", "sweep", *cli, "--algos", "virel", "beta", "--seeds", "2"]
+    argv += ["--root", str(root), "--max-concurrent", "1", "--address", ray_local]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    first, second = root / "Pendulum-v1__virel__2", root / "Pendulum-v1__beta__2"
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 1200  # a guard against a hang, not a timed assertion
+    killed = []
+    while proc.poll() is None and time.monotonic() < deadline:
+        if not killed and max(_logged_steps(first / "train.csv"), default=0) >= kill_step:
+            killed = _holders(first)
+            for pid in killed:
+                os.kill(pid, signal.SIGKILL)
+        if killed and len(_logged_steps(first / "train.csv")) + len(_logged_steps(second / "train.csv")) >= stop_rows:
+            break
+        time.sleep(0.2)
+    assert killed, (note, proc.communicate()[0][-3000:] if proc.poll() is not None else "")
+    stopped = proc.poll() is None
+    if stopped:
+        proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=600)[0]
+    stop_status = proc.returncode  # checked last: first what the stops did to the data
+
+    done = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, (note, (done.stdout + done.stderr)[-3000:])
+    for name in ("Pendulum-v1__virel__2", "Pendulum-v1__beta__2"):
+        got, want = root / name, ref.root / name
+        assert sorted(p.name for p in got.iterdir()) == sorted(p.name for p in want.iterdir()), (note, name)
+        for csv_file in sorted(want.glob("*.csv")):
+            assert (got / csv_file.name).read_bytes() == csv_file.read_bytes(), (note, name, csv_file.name)
+        configs = [{k: v for k, v in json.loads((d / "config.json").read_text()).items() if k != "run_dir"}
+                   for d in (got, want)]  # fmt: skip
+        assert configs[0] == configs[1], (note, name)
+        a, b = (torch.load(d / "checkpoint.pt", weights_only=False) for d in (got, want))
+        assert a["step"] == b["step"] == steps, note
+        ta, tb = helpers.state_tensors(a["agent"]), helpers.state_tensors(b["agent"])
+        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in tb), (note, name)
+        assert _tb_scalars(got) == _tb_scalars(want), (note, name)
+    assert [r for r in done.stdout.splitlines() if r.startswith("| Pendulum")] == [
+        r for r in ref.table.splitlines() if r.startswith("| Pendulum")
+    ], note
+    assert stop_status == (130 if stopped else 0), (note, out[-3000:])  # Ctrl-C is a stop (as train's), not an error
+    for noise in ("Traceback", "Exception ignored", "ActorDiedError"):  # Ray's shutdown noise, on a sweep that worked
+        assert noise not in done.stderr, done.stderr[-3000:]

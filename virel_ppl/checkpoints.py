@@ -22,11 +22,13 @@ This module imports nothing from ``train`` or ``diagnostics``: both, the CLI and
 
 from __future__ import annotations
 
-import csv
 import dataclasses
+import importlib
+import importlib.util
 import math
 import os
 import shutil
+import sys
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -174,15 +176,27 @@ def save_checkpoint(state: dict, path: Path, keep_previous: bool = True) -> Path
         if keep_previous and path.exists():
             os.replace(path, previous_path(path))
         os.replace(tmp, path)  # between the two renames a reader falls back to the previous checkpoint
-    except OSError as err:
+    except (OSError, RuntimeError) as err:  # torch reports a full disk as RuntimeError ("file write failed")
         try:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
+        reason = _reason(err) if isinstance(err, OSError) else _write_failure(err, tmp)
         raise CheckpointError(
-            f"Cannot write the checkpoint {path}: {_reason(err)}. Checkpoints saved before are intact."
+            f"Cannot write the checkpoint {path}: {reason}. Checkpoints saved before are intact."
         ) from None
     return path
+
+
+def _write_failure(err: RuntimeError, tmp: Path) -> str:
+    """Why ``torch.save`` failed, in words: its RuntimeError names only the zip record it could not write."""
+    try:
+        free = shutil.disk_usage(tmp.parent).free
+    except OSError:
+        free = None
+    if free is not None and free < 64 * 1024**2:
+        return f"No space left on device ({free // 1024**2} MiB free)"
+    return _describe(err)
 
 
 def previous_path(path: Path) -> Path:
@@ -249,20 +263,29 @@ def _describe(err: Exception) -> str:
 
 def last_logged_step(run_dir: Path) -> int | None:
     """The largest step in the run's CSV logs (None without logs)."""
+    from virel_ppl.logger import read_csv
+
     last = None
     for path in run_dir.glob("*.csv"):
         try:
-            with open(path, newline="") as fh:
-                rows = [r for r in csv.reader(fh) if r]
+            steps = read_csv(path, warn=False).get("step", [])  # a torn last line is no logged step
         except OSError:
             continue
-        for row in rows[1:]:
-            try:
-                step = int(float(row[0]))
-            except ValueError:
-                continue
-            last = step if last is None else max(last, step)
+        if steps:
+            last = int(max(steps)) if last is None else max(last, int(max(steps)))
     return last
+
+
+def checkpoint_step(run_dir: Path | str) -> int | None:
+    """The step of the checkpoint a resume of ``run_dir`` would load (``checkpoint.pt``, else ``checkpoint.prev.pt``),
+    or None when it has no readable one. Read without loading the tensors (memory-mapped), so it is cheap."""
+    for path in (Path(run_dir) / CHECKPOINT, Path(run_dir) / PREVIOUS):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+            return int(state["step"])
+        except Exception:  # missing, truncated or foreign: try the previous one
+            continue
+    return None
 
 
 def saved_config(state: dict, path: Path) -> Config:
@@ -273,6 +296,64 @@ def saved_config(state: dict, path: Path) -> Config:
         raise CheckpointError(
             f"{path} holds a config this version cannot read ({_describe(err)}); was it written by another version "
             "of virel_ppl?"
+        ) from None
+
+
+# --- guides and ELBOs from code ------------------------------------------------------------------------------------
+
+
+def code_name(kind: type) -> str:
+    """How a run records a guide or ELBO class given as code (``train(policy_factory=..., elbo=...)``):
+    ``module:QualName``, or ``/path/to/script.py:QualName`` for a class of a script run as ``__main__``. Registered
+    guides and estimators are recorded by name; a name with a ``:`` is always one of these."""
+    module = kind.__module__
+    if module == "__main__":
+        main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+        module = str(Path(main_file).resolve()) if main_file else module
+    return f"{module}:{kind.__qualname__}"
+
+
+def is_code_name(name: str) -> bool:
+    """Whether a recorded ``guide`` or ``elbo`` names a class from code (see :func:`code_name`) rather than a
+    registered guide or estimator."""
+    return ":" in name
+
+
+def import_code(name: str, what: str, run_dir: Path | str) -> type:
+    """The class a :func:`code_name` names (a script is loaded as a module of its own, so its ``__main__`` block does
+    not run); :class:`CheckpointError` in one line when it cannot be imported here."""
+    where, _, qualname = name.rpartition(":")
+    try:
+        if where.endswith(".py"):
+            spec = importlib.util.spec_from_file_location(f"_virel_ppl_code_{Path(where).stem}", where)
+            if spec is None or not Path(where).exists():
+                raise FileNotFoundError(f"no file {where}")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+        obj: Any = module
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except Exception as err:
+        raise CheckpointError(
+            f"{run_dir} was trained with the {what} {name} from code, which cannot be imported here "
+            f"({_describe(err)}); load it from Python with the same class (train(resume=..., policy_factory=...))."
+        ) from None
+    return obj
+
+
+def build_code_guide(config: Config, obs_dim: int, box: Any, run_dir: Path | str) -> torch.nn.Module:
+    """Rebuild the guide of a run trained with a guide from code: ``Class(obs_dim, box, hidden=config.hidden)``, as
+    the registered guides are built; :class:`CheckpointError` in one line when that cannot be done."""
+    cls = import_code(config.guide, "guide", run_dir)
+    try:
+        return cls(obs_dim, box, hidden=config.hidden)
+    except Exception as err:
+        raise CheckpointError(
+            f"{run_dir} was trained with the guide {config.guide} from code, and Class(obs_dim, box, hidden=...) "
+            f"does not rebuild it ({_describe(err)}); load it from Python with the factory it was trained with "
+            "(train(resume=..., policy_factory=...))."
         ) from None
 
 
@@ -290,11 +371,27 @@ def agent_from_state(state: dict, path: Path, device: str = "cpu") -> tuple[Vire
     config = replace(saved_config(state, path), device=device)
     env = make_env(config.env)
     try:
-        agent = VirelAgent(env.observation_space.shape[0], check_spaces(env).to(device), config)
+        obs_dim, box = env.observation_space.shape[0], check_spaces(env).to(device)
+        policy = build_code_guide(config, obs_dim, box, path.parent) if is_code_name(config.guide) else None
+        # an ELBO object from code is not needed to act or to look at the posterior: any estimator will do
+        elbo = "auto" if is_code_name(config.elbo) else None
+        agent = VirelAgent(obs_dim, box, config, policy=policy, elbo=elbo)
     finally:
         env.close()
-    agent.load_state_dict(state["agent"])
+    load_agent_state(agent, state["agent"], path)
     return agent, config
+
+
+def load_agent_state(agent: VirelAgent, state: dict, path: Path) -> None:
+    """``agent.load_state_dict(state)``; :class:`CheckpointError` in one line when the checkpoint's tensors do not
+    fit the agent (e.g. a guide from code rebuilt with other sizes)."""
+    try:
+        agent.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise CheckpointError(
+            f"{path} does not fit the agent built from its config ({_describe(err)}); a guide from code must be "
+            "rebuilt as it was trained (train(resume=..., policy_factory=...))."
+        ) from None
 
 
 # --- resuming ------------------------------------------------------------------------------------------------------
@@ -329,8 +426,14 @@ def check_resume(saved: Config, asked: Config, run_dir: Path) -> None:
         )
 
 
-def resumed_config(saved: Config, asked: Config, run_dir: Path) -> Config:
+def resumed_config(saved: Config, asked: Config, run_dir: Path, step: int | None = None) -> Config:
     """The config a resume runs with: ``saved`` with the :data:`RESUMABLE` fields of ``asked``, after
-    :func:`check_resume`."""
+    :func:`check_resume`. ``step`` is the checkpoint's: a budget below it is refused (the run has done more steps
+    than that, and its config.json must say what it did)."""
     check_resume(saved, asked, run_dir)
+    if step is not None and asked.total_steps < step:
+        raise CheckpointError(
+            f"--total-steps {asked.total_steps} is below the {step} steps that {run_dir} has already run; a run "
+            f"cannot be shortened: pass --total-steps {step} or more, or leave it out."
+        )
     return replace(saved, run_dir=Path(run_dir), **{name: getattr(asked, name) for name in RESUMABLE})

@@ -62,7 +62,8 @@ class TrainArgs:
     resume: Path | None = None
     """Continue the run saved in this directory. Every flag given is applied; only --total-steps, --eval-every,
     --eval-episodes, --log-every, --checkpoint-every, --threads, --[no-]tensorboard, --[no-]progress and
-    --[no-]cuda-graph may change, any other flag must repeat the saved value."""
+    --[no-]cuda-graph may change (--total-steps not below the steps already run), any other flag must repeat the
+    saved value."""
     overwrite: bool = False
     """Start a new run in --run-dir even if it holds one: that run's logs and checkpoints are removed first."""
 
@@ -189,7 +190,8 @@ class DiagnoseArgs:
     num_samples: int = 2000
     """Guide draws (and target draws) per state."""
     eps: float | None = None
-    """Temperature ε of the target; None: the last ε in train.csv (else --alpha of the run)."""
+    """Temperature ε of the target; None: the ε of train.csv's last complete row (without one: --alpha for virel,
+    whose ε is fixed; the other algorithms then need --eps)."""
     seed: int = 0
     out: Path | None = None
     """Output folder; None: RUN_DIR/posterior."""
@@ -341,7 +343,7 @@ def run_sweep(args: SweepArgs) -> None:
             resume=args.resume,
         )
     except KeyboardInterrupt:
-        raise SystemExit(f"Sweep stopped; continue it with the same command and --resume (root {args.root}).") from None
+        _sweep_stopped(args.root)
     if result.table:
         print(result.table)
         print(f"report: {result.report} (plots beside it); runs: {result.root}")
@@ -350,7 +352,13 @@ def run_sweep(args: SweepArgs) -> None:
             f"error: {len(result.failed)} trial(s) failed: {', '.join(result.failed)} (see {result.root}/tune)"
         )
     if result.interrupted:
-        raise SystemExit(f"Sweep stopped; continue it with the same command and --resume (root {args.root}).")
+        _sweep_stopped(args.root)
+
+
+def _sweep_stopped(root: Path) -> typing.NoReturn:
+    """A sweep stopped by Ctrl-C: say how to continue, and exit 130 as ``train`` does (a stop, not an error)."""
+    print(f"Sweep stopped; continue it with the same command and --resume (root {root}).", file=sys.stderr)
+    raise SystemExit(128 + signal.SIGINT)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -202,6 +202,10 @@ class Config:
         for name, value in positive_ints.items():
             if value <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}.")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads must be a positive integer (or None: torch's default), got {self.threads}.")
+        if not 0 <= self.seed < 2**32:  # numpy's seeds
+            raise ConfigError(f"--seed must be in [0, 2**32), got {self.seed}.")
         if self.warmup_steps < 0:
             raise ConfigError(f"--warmup-steps must be >= 0, got {self.warmup_steps}.")
         if self.batch_size > self.buffer_size:

@@ -27,7 +27,6 @@ densities side by side; :func:`importance_diagnostics` is the cheap part the tra
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -428,13 +427,15 @@ def replay_states(obs: torch.Tensor, num_states: int, seed: int) -> torch.Tensor
 
 
 def last_logged_eps(run_dir: Path | str) -> float | None:
-    """The last ε a run logged in ``train.csv`` (None if it logged none)."""
+    """The ε of the last complete row of the run's ``train.csv`` (None if it logged none). A torn last line (the run
+    was killed mid-write) is read past, with a ``TornLineWarning``."""
+    from virel_ppl.logger import read_csv
+
     path = Path(run_dir) / "train.csv"
     if not path.exists():
         return None
-    with open(path, newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r.get("eps")]
-    return float(rows[-1]["eps"]) if rows else None
+    eps = read_csv(path).get("eps", [])
+    return eps[-1] if eps else None
 
 
 def training_diagnostics(
@@ -443,6 +444,25 @@ def training_diagnostics(
     """What the trainer logs at an evaluation: ε and the :meth:`ImportanceDiagnostics.summary` at ``states``."""
     diag = importance_diagnostics(agent.policy, BoltzmannTarget.of_agent(agent, eps), states, num_samples, seed)
     return {"eps": float(eps), **diag.summary()}
+
+
+def _run_eps(run_dir: Path, config) -> float:
+    """The ε that ``diagnose`` looks at when none is given (see :func:`diagnose_run`)."""
+    from virel_ppl.config import ConfigError
+
+    logged = last_logged_eps(run_dir)
+    if logged is None and config.algo == "virel":
+        return config.alpha  # its ε is fixed: nothing logged yet changes nothing
+    if logged is None:
+        raise ConfigError(
+            f"Cannot tell the run's ε: {run_dir / 'train.csv'} holds no complete row with ε, and {config.algo} sets "
+            "ε from the data; pass --eps."
+        )
+    if not logged > 0:
+        raise ConfigError(
+            f"The last ε logged in {run_dir / 'train.csv'} is {logged:g}: the target exp(Q/ε) needs ε > 0; pass --eps."
+        )
+    return logged
 
 
 def diagnose_run(
@@ -459,7 +479,8 @@ def diagnose_run(
     ``run_dir/posterior``) ``action_posterior.png``, ``action_posterior.md`` and ``action_posterior.nc``.
 
     ``states``: ``"rollout"`` (evenly spaced along an episode of the mode policy) or ``"replay"`` (drawn from the
-    checkpoint's replay buffer). ``eps`` defaults to the last ε in ``train.csv``, else ``config.alpha``.
+    checkpoint's replay buffer). ``eps`` defaults to the ε of the last complete row of ``train.csv``; without one,
+    to ``config.alpha`` for ``virel`` (whose ε is fixed), and for the other algorithms ``ConfigError`` says to pass it.
     """
     from virel_ppl.checkpoints import agent_from_state, load_checkpoint
 
@@ -473,7 +494,7 @@ def diagnose_run(
     else:
         raise ValueError(f"states must be 'rollout' or 'replay', got {states!r}.")
     if eps is None:
-        eps = last_logged_eps(run_dir) or config.alpha
+        eps = _run_eps(run_dir, config)
     post = agent_action_posterior(agent, s, eps=eps, num_samples=num_samples, seed=seed)
     out = Path(out_dir) if out_dir is not None else run_dir / "posterior"
     out.mkdir(parents=True, exist_ok=True)

@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import csv
+import io
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
+from virel_ppl.config import RunWarning
+
+
+class TornLineWarning(RunWarning):
+    """A line of a CSV log was cut off (the run was killed, or the disk filled, while writing it): it is left out."""
+
 
 class RunLogger:
     """Writes scalars to ``<run_dir>/<name>.csv`` (one file per stream) and to TensorBoard.
 
-    On resume, rows logged after the checkpoint's step are dropped, so the files match an
-    uninterrupted run.
+    On resume, rows logged after the checkpoint's step and a torn last line (with a :class:`TornLineWarning`) are
+    dropped, so the files match an uninterrupted run. TensorBoard's events after that step are purged the same way:
+    the new event file starts with a purge at ``resume_step + 1`` (the checkpoint at ``resume_step`` was written
+    after that step's scalars), which TensorBoard's readers apply to the older files.
     """
 
     def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None) -> None:
@@ -26,7 +36,8 @@ class RunLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
+            purge = resume_step + 1 if resume_step is not None else None
+            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=purge)
 
     def log(self, stream: str, step: int, scalars: Mapping[str, float | torch.Tensor]) -> dict[str, float]:
         """Append one row ``step, scalars...`` to ``<stream>.csv``; tensors are read here, not in the hot loop."""
@@ -54,21 +65,63 @@ class RunLogger:
             self.writer.close()
 
 
-def _truncate_after(path: Path, step: int) -> None:
+def _parse(path: Path) -> tuple[list[str], list[list[str]], list[tuple[int, str]]]:
+    """A CSV log's header, its complete rows (as written) and its torn lines ``(line number, text)``.
+
+    A row is complete when it has one number per column and, if it is the last line, ends with its line break: a
+    last line without one was cut off mid-write, even where what is left of it parses."""
     with open(path, newline="") as fh:
-        rows = list(csv.reader(fh))
-    if not rows:
+        text = fh.read()
+    lines = list(csv.reader(io.StringIO(text)))
+    if not lines:
+        return [], [], []
+    header, rows, torn = lines[0], [], []
+    ends_complete = text.endswith("\n")
+    for number, row in enumerate(lines[1:], start=2):
+        if not row:
+            continue
+        if _numbers(row) and len(row) == len(header) and (number < len(lines) or ends_complete):
+            rows.append(row)
+        else:
+            torn.append((number, ",".join(row)))
+    return header, rows, torn
+
+
+def _numbers(row: list[str]) -> bool:
+    try:
+        for value in row:
+            float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _warn_torn(path: Path, torn: list[tuple[int, str]], what: str) -> None:
+    for number, text in torn:
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        warnings.warn(f"{path}: line {number} ({shown!r}) is cut off; {what}.", TornLineWarning, stacklevel=3)
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    """Keep the header and the complete rows up to ``step``; torn lines are dropped with a warning."""
+    header, rows, torn = _parse(path)
+    if not header:
         return
-    kept = [rows[0]] + [r for r in rows[1:] if r and int(float(r[0])) <= step]
+    _warn_torn(path, torn, "dropped on resume")
+    kept = [header] + [r for r in rows if int(float(r[0])) <= step]
     with open(path, "w", newline="") as fh:
         csv.writer(fh).writerows(kept)
 
 
-def read_csv(path: Path) -> dict[str, list[float]]:
-    """Columns of a logged CSV as lists of floats."""
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    return {k: [float(r[k]) for r in rows] for k in (rows[0] if rows else {})}
+def read_csv(path: Path, warn: bool = True) -> dict[str, list[float]]:
+    """Columns of a logged CSV as lists of floats. Torn lines (see :func:`_parse`) are left out, with a
+    :class:`TornLineWarning` unless ``warn`` is False (e.g. a file that a running run is still writing)."""
+    header, rows, torn = _parse(path)
+    if warn:
+        _warn_torn(path, torn, "read past it")
+    if not rows:
+        return {}
+    return {k: [float(r[i]) for r in rows] for i, k in enumerate(header)}
 
 
 def plot_learning_curve(eval_csv: Path, out_png: Path, title: str = "") -> Path:

@@ -66,7 +66,13 @@ def load_run(run_dir: Path | str) -> Run:
         raise ConfigError(f"{path / 'eval.csv'} holds no evaluations yet.")
     diag_path = path / "diagnostics.csv"
     diag = {k: np.asarray(v) for k, v in read_csv(diag_path).items()} if diag_path.exists() else None
-    return Run(path, json.loads((path / "config.json").read_text()), ev, diag or None)
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path / 'config.json'} is not valid JSON ({err}): was it cut off or edited?") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path / 'config.json'} is not a run's config (a JSON object of Config fields).")
+    return Run(path, config, ev, diag or None)
 
 
 def find_runs(paths: Sequence[Path | str]) -> list[Path]:
@@ -89,10 +95,22 @@ def find_runs(paths: Sequence[Path | str]) -> list[Path]:
 
 
 def group_runs(runs: Sequence[Run], by: Sequence[str] = ("env", "algo")) -> dict[str, list[Run]]:
-    """Runs grouped by the config fields ``by``; labels like ``"Pendulum-v1 · virel"``, in first-seen order."""
+    """Runs grouped by the config fields ``by``; labels like ``"Pendulum-v1 · virel"``, in first-seen order.
+
+    A run trained with a guide or an ELBO from code (recorded as ``module:Class``, see ``checkpoints.code_name``)
+    is never pooled with stock runs: its guide and ELBO join its label (``"Pendulum-v1 · virel · guide
+    my_guides:SharedStd"``) even when ``by`` leaves them out."""
+    from virel_ppl.checkpoints import is_code_name
+
     groups: dict[str, list[Run]] = {}
     for run in runs:
-        groups.setdefault(" · ".join(str(run.config.get(k, "?")) for k in by), []).append(run)
+        label = [str(run.config.get(k, "?")) for k in by]
+        label += [
+            f"{k} {run.config[k]}"
+            for k in ("guide", "elbo")
+            if k not in by and isinstance(run.config.get(k), str) and is_code_name(run.config[k])
+        ]
+        groups.setdefault(" · ".join(label), []).append(run)
     return groups
 
 

@@ -27,7 +27,9 @@ import math
 import os
 import shutil
 import socket
+import sys
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -256,13 +258,19 @@ def _last_row(path: Path) -> dict[str, float]:
         fh.seek(0, os.SEEK_END)
         size = fh.tell()
         fh.seek(max(0, size - 8192))
-        lines = [ln for ln in fh.read().decode(errors="replace").splitlines() if ln.strip()]
+        text = fh.read().decode(errors="replace")
+    if not text.endswith("\n"):  # the last line is being written (or was cut off): the one before is the last row
+        text = text[: text.rfind("\n") + 1]
+    lines = [ln for ln in text.splitlines() if ln.strip()]
     if not lines or lines[-1].split(",") == header:
         return {}
     values = lines[-1].split(",")
     if len(values) != len(header):
         return {}
-    return {k: float(v) for k, v in zip(header, values)}
+    try:
+        return {k: float(v) for k, v in zip(header, values)}
+    except ValueError:
+        return {}
 
 
 def _metrics(run_dir: Path) -> dict[str, float]:
@@ -282,6 +290,21 @@ def _restore_run_dir(run_dir: Path, source: Path) -> None:
     shutil.copytree(source, run_dir)
 
 
+def _restore_if_newer(run_dir: Path, source: Path) -> bool:
+    """Replace ``run_dir`` with the Tune checkpoint ``source`` only when that holds a later checkpoint (or the run
+    directory none): the run's own ``checkpoint.pt`` can be newer than the last checkpoint Tune registered (a
+    Ctrl-C between the copy and its registration), and an older copy would delete the steps in between. Returns
+    whether it replaced the run directory."""
+    from virel_ppl.checkpoints import checkpoint_step
+
+    theirs = checkpoint_step(source)
+    mine = checkpoint_step(run_dir) if run_dir.exists() else None
+    if theirs is None or (mine is not None and mine >= theirs):
+        return False
+    _restore_run_dir(run_dir, source)
+    return True
+
+
 def _trainable(
     param: dict, specs: Mapping[str, dict], hooks: Sequence[Hook] = (), tune_checkpoints: bool = True
 ) -> None:
@@ -291,6 +314,7 @@ def _trainable(
     from virel_ppl.baselines import BASELINES, finished, train_sb3_sac
     from virel_ppl.train import CHECKPOINT, train
 
+    sys.unraisablehook = _exit_noise_dropped  # this worker process: Ray's actor exit is not an error to print
     spec = specs[param["name"]]
     cfg = Config.from_dict(spec["config"])
     run_dir = Path(spec["run_dir"])
@@ -308,8 +332,8 @@ def _trainable(
     checkpoint = tune.get_checkpoint() if tune_checkpoints else None
     if checkpoint is not None:
         with checkpoint.as_directory() as src:
-            _restore_run_dir(run_dir, Path(src))
-    elif not (run_dir / CHECKPOINT).exists() and run_dir.exists():
+            _restore_if_newer(run_dir, Path(src))  # never an older copy over a newer run directory
+    if not (run_dir / CHECKPOINT).exists() and run_dir.exists():
         shutil.rmtree(run_dir)  # rows from a trial that died before its first checkpoint
 
     def report(trainer, step: int) -> None:
@@ -370,6 +394,54 @@ def _package_root() -> str:
     return str(Path(virel_ppl.__file__).resolve().parent.parent)
 
 
+@contextmanager
+def _quiet_ray_core():
+    """Hold back what Ray's C++ core writes to stderr while it connects: each unanswered retry of a connection to
+    something that is not a Ray head is a line (``Failed to connect to GCS ... within 5 seconds``, ~20 before Ray
+    gives up). On success it is written out as it came; on failure it is dropped, and the sweep's ``error:`` line
+    says what happened. (Ray's core logs before its log level is set, so only the file descriptor can hold it.)"""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if ok:
+                held.seek(0)
+                sys.stderr.write(held.read().decode(errors="replace"))
+
+
+@contextmanager
+def _unhandled_errors_ignored():
+    """Ray logs an ``ActorDiedError`` traceback for each result of a stopped trial actor that nobody fetched (Tune
+    ends actors whose last calls are still pending) as "Unhandled error". Tune reports a trial's own errors itself
+    (``SweepResult.failed``, ROOT/tune/.../error.txt), so these are shutdown noise: Ray's switch
+    ``RAY_IGNORE_UNHANDLED_ERRORS`` (read when such an error is seen) turns them off while the trials run."""
+    old = os.environ.get("RAY_IGNORE_UNHANDLED_ERRORS")
+    os.environ["RAY_IGNORE_UNHANDLED_ERRORS"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("RAY_IGNORE_UNHANDLED_ERRORS", None)
+
+
+def _exit_noise_dropped(unraisable) -> None:
+    """``sys.unraisablehook`` of a trial's worker: Ray ends an actor by raising ``SystemExit`` in it, which Python
+    reports as "Exception ignored in ..." where it cannot propagate (a finished trial's threads); the rest as usual."""
+    if isinstance(unraisable.exc_value, SystemExit):
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def start_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) -> None:
     """Connect to the cluster at ``address``, or start Ray on this machine (``num_cpus``: the cores, no dashboard,
     a small object store: trials pass files, not objects). Workers import this copy of ``virel_ppl``."""
@@ -379,9 +451,14 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, **kwargs)
         _check_address(address)
         runtime_env = {"py_modules": [str(Path(_package_root()) / "virel_ppl")]} if address != "local" else None
         try:
-            ray.init(address=address, runtime_env=runtime_env, logging_level="ERROR", **kwargs)
+            with _quiet_ray_core():
+                ray.init(address=address, runtime_env=runtime_env, logging_level="ERROR", **kwargs)
         except (ConnectionError, RuntimeError, TimeoutError) as err:
-            raise SweepError(f"--address {address}: cannot connect to Ray ({err}).") from None
+            first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+            raise SweepError(
+                f"--address {address}: something answers there, but Ray cannot connect to it ({first.rstrip('.')}); "
+                "check that it is a Ray head's address (`ray status` on the head prints it)."
+            ) from None
         return
     pythonpath = os.pathsep.join(p for p in (_package_root(), os.environ.get("PYTHONPATH")) if p)
     ray.init(
@@ -392,6 +469,71 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, **kwargs)
         logging_level="ERROR",
         **kwargs,
     )
+
+
+LOCK_FILE = ".lock"
+
+
+class _RootLock:
+    """An exclusive ``fcntl.flock`` on ``ROOT/.lock``, held while a sweep runs there: a second sweep into the same
+    root is refused at once (its check of the root cannot race the first one's sweep.json). The kernel releases it
+    when the process ends, however it ends."""
+
+    def __init__(self, root: Path) -> None:
+        import fcntl
+
+        self.root, self.created, self.kept = root, not root.exists(), False
+        root.mkdir(parents=True, exist_ok=True)
+        self.file = open(root / LOCK_FILE, "a+")  # noqa: SIM115 - held for the sweep's life
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise SweepError(
+                f"{root} is in use by another sweep ({holder} holds {root / LOCK_FILE}); wait for it to end, or "
+                "choose another --root."
+            ) from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        self.file.flush()
+
+    def keep(self) -> None:
+        """The sweep has started: the root stays, whatever happens next."""
+        self.kept = True
+
+    def release(self) -> None:
+        """Unlock; a root this lock created for a sweep that never started is removed again."""
+        self.file.close()  # closing the last descriptor drops the flock
+        if self.created and not self.kept:
+            (self.root / LOCK_FILE).unlink(missing_ok=True)
+            try:
+                self.root.rmdir()  # only when empty
+            except OSError:
+                pass
+
+
+def _lock_root(root: Path) -> _RootLock:
+    return _RootLock(root)
+
+
+def _check_resources(resources: Mapping[str, float], trials: Sequence[Trial], gpus_per_trial: float) -> None:
+    """Refuse a trial that the cluster could never place (Tune would wait for it for ever)."""
+    gpus, cpus = resources.get("GPU", 0), resources.get("CPU", 0)
+    if gpus_per_trial > gpus:
+        have = "no GPU" if gpus == 0 else f"{gpus:g} GPU(s)"
+        raise SweepError(
+            f"--gpus-per-trial {gpus_per_trial:g}: the Ray cluster has {have} (and {cpus:g} CPUs), so no trial "
+            "could start; use --gpus-per-trial 0 (CPU trials) or a cluster with GPUs."
+        )
+    threads = max(t.config.threads or 1 for t in trials)
+    if threads > cpus:
+        raise SweepError(
+            f"--set threads={threads}: each trial needs {threads} CPUs and the Ray cluster has {cpus:g}, so no trial "
+            "could start; lower threads."
+        )
 
 
 def _trial_name(trial) -> str:
@@ -429,12 +571,12 @@ def _check_root(root: Path, specs: list[dict], resume: bool | str) -> None:
 
 
 def _fetch_run_dir(result, run_dir: Path) -> None:
-    """A run directory on another machine: copy it from the trial's last Tune checkpoint, unless here already."""
-    ev = _last_row(run_dir / "eval.csv")
-    if result.checkpoint is None or ev.get("step") == result.metrics.get("step"):
+    """A run directory on another machine: copy it from the trial's last Tune checkpoint, unless the run directory
+    here is as new (the same or a later checkpoint, see :func:`_restore_if_newer`)."""
+    if result.checkpoint is None:
         return
     with result.checkpoint.as_directory() as src:
-        _restore_run_dir(run_dir, Path(src))
+        _restore_if_newer(run_dir, Path(src))
 
 
 def _unfinished(experiment: str, results) -> int:
@@ -447,7 +589,7 @@ def _unfinished(experiment: str, results) -> int:
     try:
         return sum(t.status not in ("TERMINATED", "ERROR") for t in ExperimentAnalysis(experiment).trials)
     except Exception:  # an unreadable state: fall back on the last reports (a finished run reports finished)
-        return sum(res.error is None and not res.metrics.get("finished") for res in results)
+        return sum(res.error is None and not (res.metrics or {}).get("finished") for res in results)
 
 
 def report_table(report_md: Path) -> str:
@@ -512,9 +654,9 @@ def sweep(
             ``"auto"``: continue it when there is one; False: refuse a root that holds a sweep.
         hooks: extra ``hook(trainer, step)`` for every trial (picklable: they travel to the workers).
         storage: Tune's storage (a shared path or ``s3://...`` on a cluster); default ``root``.
-    """
-    from virel_ppl.report import write_report
 
+    While it runs the sweep holds a lock on ``root`` (``ROOT/.lock``): a second sweep into the same root is refused.
+    """
     root = Path(root).resolve()
     if search not in ("grid", "asha"):
         raise SweepError(f"--search must be grid or asha, got {search!r}.")
@@ -542,18 +684,38 @@ def sweep(
         _check(trials)
     specs = _spec_of(trials, root)
 
+    if address is not None:
+        _check_address(address)
+    lock = _lock_root(root)  # before the root is checked: a second sweep that starts now waits for nothing
+    try:
+        _check_root(root, specs, resume)
+        return _run(trials, specs, root, group_by, lock, resume=resume, address=address,
+                    max_concurrent=max_concurrent, gpus_per_trial=gpus_per_trial, search=search, metric=metric,
+                    mode=mode, grace_steps=grace_steps, reduction_factor=reduction_factor, max_failures=max_failures,
+                    tune_checkpoints=tune_checkpoints, hooks=hooks, verbose=verbose, storage=storage)  # fmt: skip
+    finally:
+        lock.release()
+
+
+def _run(
+    trials: Sequence[Trial], specs: list[dict], root: Path, group_by: Sequence[str], lock: _RootLock, *,
+    resume: bool | str, address: str | None, max_concurrent: int | None, gpus_per_trial: float, search: str,
+    metric: str, mode: str, grace_steps: int | None, reduction_factor: int, max_failures: int,
+    tune_checkpoints: bool, hooks: Sequence[Hook], verbose: int, storage: str | None,
+) -> SweepResult:  # fmt: skip
+    """The sweep after its checks, with ``root`` locked: start (or join) Ray, run the trials, write the report."""
     import ray
     from ray import tune
 
-    if address is not None:
-        _check_address(address)
-    _check_root(root, specs, resume)
+    from virel_ppl.report import write_report
+
     started = False
     if not ray.is_initialized():
         start_ray(address)
         started = True
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        _check_resources(ray.cluster_resources(), trials, gpus_per_trial)
+        lock.keep()  # from here on the root holds this sweep: a failure below leaves it for --resume
         (root / SWEEP_FILE).write_text(json.dumps({"trials": specs}, indent=1))
         experiment = f"{storage.rstrip('/')}/{EXPERIMENT}" if storage else str(root / EXPERIMENT)
         restore = resume is not False and tune.Tuner.can_restore(experiment)
@@ -594,9 +756,12 @@ def sweep(
                 ),
                 run_config=run_config,
             )
-        results = tuner.fit()
+        with _unhandled_errors_ignored():
+            results = tuner.fit()
         failed = []
         for res in results:
+            if not res.config:  # a trial that a Ctrl-C stopped before it started: nothing to fetch
+                continue
             run_dir = root / res.config["name"]
             if res.error is not None:
                 failed.append(run_dir.name)
@@ -605,7 +770,8 @@ def sweep(
         interrupted = _unfinished(experiment, results) > 0
     finally:
         if started:
-            ray.shutdown()
+            with _unhandled_errors_ignored():
+                ray.shutdown()
     run_dirs = [Path(s["run_dir"]) for s in specs if (Path(s["run_dir"]) / "eval.csv").exists()]
     report, table = None, ""
     if run_dirs and not interrupted:

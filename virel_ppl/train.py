@@ -34,9 +34,14 @@ from virel_ppl.actions import ActionBox
 from virel_ppl.agent import VirelAgent, lookup
 from virel_ppl.checkpoints import (
     CHECKPOINT,
+    CheckpointError,
+    build_code_guide,
     check_finite,
+    code_name,
     guard_run_dir,
+    is_code_name,
     load_agent,
+    load_agent_state,
     load_checkpoint,
     prepare_run_dir,
     resumed_config,
@@ -107,9 +112,10 @@ def evaluate(agent: VirelAgent, env_id: str, episodes: int, seed: int) -> np.nda
                 )
             obs, reward, terminated, truncated, _ = envs.step(action)
             if not (np.isfinite(reward[~done]).all() and np.isfinite(obs[~done]).all()):
+                copy = int(np.flatnonzero(~done & ~(np.isfinite(reward) & np.isfinite(obs).all(axis=-1)))[0])
                 raise ConfigError(
-                    f"{env_id} returned a non-finite reward ({reward[~done].tolist()}) or observation at "
-                    f"evaluation step {t} (seed {seed}); check the environment or its wrappers."
+                    f"{env_id} returned {_non_finite(reward[copy], obs[copy])} at evaluation step {t} (seed {seed}, "
+                    f"episode {copy}); check the environment or its wrappers."
                 )
             returns += np.where(done, 0.0, reward)
             done |= terminated | truncated  # the first episode of each copy is the one that counts
@@ -117,6 +123,37 @@ def evaluate(agent: VirelAgent, env_id: str, episodes: int, seed: int) -> np.nda
     finally:
         envs.close()
     return returns
+
+
+def _non_finite(reward: float, obs: np.ndarray) -> str:
+    """What was not finite in one env step: the reward and/or which observation entries (with their values)."""
+    parts = [f"a non-finite reward ({float(reward)})"] if not math.isfinite(float(reward)) else []
+    bad = np.flatnonzero(~np.isfinite(np.asarray(obs, dtype=float).ravel()))
+    if bad.size:
+        shown = ", ".join(f"[{i}] = {np.asarray(obs).ravel()[i]}" for i in bad[:4]) + (", ..." if bad.size > 4 else "")
+        parts.append(f"a non-finite observation (entr{'y' if bad.size == 1 else 'ies'} {shown})")
+    return " and ".join(parts)
+
+
+def _recorded_code(config: Config, policy: torch.nn.Module | None, elbo: ELBO | str | None) -> dict[str, str]:
+    """What the run's config records for a guide or ELBO given as code: its class (``checkpoints.code_name``), so
+    that config.json, reports and later commands see what really ran. A resume must bring classes of the same names
+    (the module may be reached another way, e.g. a script imported rather than run); it keeps the recorded ones."""
+    recorded = {}
+    if policy is not None:
+        recorded["guide"] = code_name(type(policy))
+    if elbo is not None:
+        recorded["elbo"] = elbo if isinstance(elbo, str) else code_name(type(elbo))
+    for name, value in list(recorded.items()):
+        saved = getattr(config, name)
+        if is_code_name(saved):
+            if saved.rpartition(":")[2] != value.rpartition(":")[2]:
+                raise CheckpointError(
+                    f"The run in {config.run_dir} was trained with the {name} {saved}, not {value}: resume it with "
+                    "the same class."
+                )
+            recorded[name] = saved
+    return recorded
 
 
 class Trainer:
@@ -129,7 +166,14 @@ class Trainer:
         elbo: ELBO | None = None,
     ):
         config.validate()
-        lookup(GUIDES, config.guide, "guide") if policy_factory is None else None
+        if policy_factory is None and not is_code_name(config.guide):
+            lookup(GUIDES, config.guide, "guide")
+        if elbo is None and is_code_name(config.elbo):
+            raise CheckpointError(
+                f"The run in {config.run_dir} was trained with the ELBO object {config.elbo} from code "
+                "(train(elbo=...)), which the command line cannot rebuild; continue it from Python with "
+                "train(resume=..., policy_factory=..., elbo=...)."
+            )
         self.config = config
         if config.threads is not None:
             torch.set_num_threads(config.threads)
@@ -141,8 +185,15 @@ class Trainer:
         self.env = make_env(config.env, seed=config.seed)
         box = check_spaces(self.env).to(config.device)
         obs_dim = self.env.observation_space.shape[0]
-        policy = policy_factory(obs_dim, box) if policy_factory is not None else None
+        if policy_factory is not None:
+            policy = policy_factory(obs_dim, box)
+        elif is_code_name(config.guide):  # a resumed run whose guide came from code: rebuilt from its class
+            policy = build_code_guide(config, obs_dim, box, config.run_dir)
+        else:
+            policy = None
+        recorded = _recorded_code(config, policy if policy_factory is not None else None, elbo)
         self.agent = VirelAgent(obs_dim, box, config, policy=policy, elbo=elbo)  # elbo: overrides config.elbo
+        self.config = replace(config, **recorded)
         self.replay = ReplayBuffer(obs_dim, box.dim, config.buffer_size, config.device, seed=config.seed)
         self.reward_scale = config.resolved_reward_scale()
         self.step = 0
@@ -186,7 +237,7 @@ class Trainer:
             state["episodes"],
         )
         self.obs, self.last_eval, self.best_eval = state["obs"], state["last_eval"], state["best_eval"]
-        self.agent.load_state_dict(state["agent"])
+        load_agent_state(self.agent, state["agent"], Path(self.config.run_dir or ".") / CHECKPOINT)
         self.replay.load_state_dict(state["replay"])
         set_env_state(self.env, state["env"])
         rng = state["rng"]
@@ -238,8 +289,8 @@ class Trainer:
         next_obs, reward, terminated, truncated, info = self.env.step(action)
         if not math.isfinite(reward) or not np.isfinite(next_obs).all():
             raise ConfigError(
-                f"{cfg.env} returned a non-finite reward ({reward}) or observation at step {self.step}; "
-                "check the environment or its wrappers."
+                f"{cfg.env} returned {_non_finite(reward, next_obs)} at step {self.step}; check the environment or "
+                "its wrappers."
             )
         # Bootstrapping stops only at true terminations; time-limit truncations keep V(s').
         self.replay.add(self.obs, action, reward * self.reward_scale, next_obs, terminated)
@@ -276,7 +327,9 @@ def train(
     """Run ``config`` to ``config.total_steps``, or continue the run in ``resume``. ``hooks`` are called as
     ``hook(trainer, step)`` after every environment step. ``policy_factory(obs_dim, box)`` and ``elbo`` (a Pyro
     ``ELBO`` object, checked by ``virel_ppl.divergences.make_elbo``) replace ``config.guide`` and ``config.elbo``
-    with objects from code.
+    with objects from code; the run records their classes there (``checkpoints.code_name``: ``module:Class``), so
+    config.json and reports say what ran. A resume rebuilds such a guide from its class where it can be imported
+    (``Class(obs_dim, box, hidden=config.hidden)``); an ELBO object must be passed again.
 
     A resume continues from the saved config; ``config`` (if given) and ``overrides`` may change only the fields
     in ``checkpoints.RESUMABLE`` (e.g. a larger ``total_steps``), anything else raises ``CheckpointError``. A new run
@@ -290,7 +343,7 @@ def train(
         saved = saved_config(state, ckpt_path)
         asked = replace(config if config is not None else saved, run_dir=None)
         asked = replace(asked, **(overrides or {}))
-        config = resumed_config(saved, asked, run_dir)
+        config = resumed_config(saved, asked, run_dir, step=state["step"])
     elif config is None:
         raise ValueError("train() needs a config or a run directory to resume.")
     else:
@@ -307,7 +360,7 @@ def train(
     run_dir = config.run_dir
     prepare_run_dir(run_dir, clean=overwrite)
     try:
-        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        (run_dir / "config.json").write_text(json.dumps(trainer.config.to_dict(), indent=2))  # guides from code too
         logger = RunLogger(run_dir, config.tensorboard, resume_step=trainer.step if state is not None else None)
     except OSError as err:
         raise unwritable_run_dir(run_dir, err) from None
