@@ -83,7 +83,7 @@ def test_checkpoints_rotate(pendulum_run):
     "command",
     [
         ["evaluate", "{run}", "--episodes", "1"],
-        ["diagnose", "{run}", "--num-samples", "50"],
+        ["diagnose", "{run}", "--num-samples", "48"],
         ["train", "--resume", "{run}"],
     ],
 )

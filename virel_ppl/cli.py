@@ -268,7 +268,8 @@ class SweepArgs:
     envs: tuple[str, ...] = ("InvertedPendulum-v5",)
     """Environment ids."""
     algos: tuple[str, ...] = ("virel",)
-    """Algorithm presets (virel, beta, virel2, mpo, mpo_np, sac, sac_auto, pseudo_likelihood)."""
+    """Algorithm presets (virel, beta, virel2, mpo, mpo_np, sac, sac_auto, pseudo_likelihood), and sb3_sac:
+    Stable-Baselines3's SAC with its own defaults, as an external reference (pip install -e ".[bench]")."""
     guides: tuple[str, ...] = ("tanh_normal",)
     """Policy families."""
     elbos: tuple[str, ...] = ("auto",)
