@@ -287,7 +287,7 @@ def write_curves(results: Path, out: Path) -> Path | None:
     """Learning curves with HDI bands over seeds (``virel_ppl report``) of the finished trials."""
     from virel_ppl.report import write_report
 
-    done = [p for p in sorted(results.iterdir()) if p.is_dir() and _status(p) == "finished"]
+    done = [p for p in sorted(results.glob("*__*__*")) if p.is_dir() and _status(p) == "finished"]
     return write_report(done, out) if done else None
 
 
