@@ -16,8 +16,9 @@ Learners, each an ordinary run directory ``ROOT/<env>__<algo>__<seed>`` of one R
 
 Trials run seed-major (every task and learner at seed 0, then seed 1, ...; stage 2 after stage 1), so the table is
 balanced whenever the work stops. Running the same command again continues the sweep in ``--root``: finished trials
-are kept, ours resume exactly from their checkpoints, a stopped SB3 trial starts again. Every evaluation uses the mode
-action, ``--eval-episodes`` episodes on the same seeds at the same steps, for all learners.
+are kept, ours resume exactly from their checkpoints, a stopped SB3 trial starts again. Under a new ``--root`` (the
+old one lost), the trials already finished in ``--results`` are left out and only the others run. Every evaluation
+uses the mode action, ``--eval-episodes`` episodes on the same seeds at the same steps, for all learners.
 
 As each trial finishes, its ``config.json``, ``eval.csv``, ``train.csv``, ``timing.csv`` (Tune's wall clock at each
 evaluation) and ``commits.json`` (the commit of each driver that ran part of it, with the step it started from) are
@@ -184,6 +185,14 @@ def run(args: argparse.Namespace) -> None:
     check_args(args)
     trials = plan_trials(args)
     root = args.root.resolve()
+    if not (root / "sweep.json").exists():  # a new root: the trials finished under an earlier one are not run again
+        kept = [t for t in trials if _status_of(args.results / t.name, t.config.total_steps) != "finished"]
+        if len(kept) < len(trials):
+            print(f"{len(trials) - len(kept)} trial(s) already finished in {args.results}: not run again")
+        trials = kept
+        if not trials:
+            print(table(args.results, args.tasks, args.algos + args.then, args.budget))
+            return
     record_commits(root, trials, git_commit())
     stop = threading.Event()
 
@@ -216,6 +225,13 @@ def run(args: argparse.Namespace) -> None:
 
 
 # --- the table --------------------------------------------------------------------------------------------------
+
+
+def _status_of(out: Path, budget: int) -> str | None:
+    """A copied trial's status, or None when ``out`` holds none that reached ``budget``."""
+    if not (out / "eval.csv").exists() or _last_step(out / "eval.csv") != budget:
+        return None if not (out / "error.txt").exists() else _status(out)
+    return _status(out)
 
 
 def _status(out: Path) -> str:

@@ -162,3 +162,19 @@ def test_the_table_reports_a_diverged_trial_as_diverged_and_compares_with_sac(tm
     # mean ± sd (population) of 100, 200, 300: 200 ± 81.6; IQM of three = their mean; 50 steps/s from timing.csv
     assert "| 3 (seed 3 diverged) |" in beta and "200 ± 82" in beta and "| 50.0 |" in beta
     assert beta.endswith("| ahead |")  # every resampled IQM of beta (≥ 100) is above every one of SAC (≤ 30)
+
+
+def test_under_a_new_root_only_the_trials_not_yet_finished_run(tmp_path, monkeypatch):
+    """A lost root: the trials finished in --results are left out; with none left the table is printed."""
+    results = tmp_path / "res"
+    for algo in ("beta", "sb3_sac"):
+        _result(results, f"Hopper-v5__{algo}__0", {5000: 1.0, 10_000: 2.0})
+    ran = []
+    done = argparse.Namespace(failed=[], interrupted=False)
+    monkeypatch.setattr("virel_ppl.sweep.sweep", lambda trials, **kw: ran.append([t.name for t in trials]) or done)
+    a = args(tasks=["Hopper-v5"], seeds=[0], then=[], root=tmp_path / "root", results=results)
+    a.max_concurrent, a.address, a.tune_checkpoints = 1, None, False
+    paper.run(a)
+    assert ran == []  # both finished: nothing to run
+    paper.run(argparse.Namespace(**{**vars(a), "algos": ["beta", "virel", "sb3_sac"]}))
+    assert ran == [["Hopper-v5__virel__0"]]
