@@ -54,8 +54,8 @@ def tests_for(file: str) -> list[str]:
     if file.startswith("virel_ppl/exact/"):
         return ["tests/test_known_answers.py", "tests/test_exact.py"]
     if file in ("virel_ppl/variants.py", "virel_ppl/agent.py"):
-        return ["tests/test_known_answers.py", "tests/test_variants.py"]
-    return ["tests/test_known_answers.py", "tests/test_em.py", "tests/test_variants.py"]
+        return ["tests/test_known_answers.py", "tests/test_variants.py", "tests/test_wiring.py"]
+    return ["tests/test_known_answers.py", "tests/test_em.py", "tests/test_variants.py", "tests/test_wiring.py"]
 
 
 DESELECT = (
@@ -85,9 +85,15 @@ LISTED: list[tuple[str, str, str, str]] = [
     ),
     (
         "virel_ppl/em.py",
-        "poutine.scale(scale=eps / states.shape[0])",
-        "poutine.scale(scale=1.0 / states.shape[0])",
-        "E-step scale 1/N instead of ε/N",
+        "frozen(critic), poutine.scale(scale=eps / states.shape[0])",
+        "frozen(critic), poutine.scale(scale=1.0 / states.shape[0])",
+        "E-step scale 1/N instead of ε/N (SVI.step)",
+    ),
+    (
+        "virel_ppl/em.py",
+        "frozen(critic, self._critic_params), poutine.scale(scale=eps / states.shape[0])",
+        "frozen(critic, self._critic_params), poutine.scale(scale=1.0 / states.shape[0])",
+        "E-step scale 1/N instead of ε/N (the fast E-step)",
     ),
     (
         "virel_ppl/variants.py",
@@ -127,8 +133,9 @@ LISTED: list[tuple[str, str, str, str]] = [
     ),
     (
         "virel_ppl/em.py",
-        "return critic.q(states, policy.distribution(states).sample())",
-        "d = policy.distribution(states)\n    a = d.sample()\n    return critic.q(states, a) - d.log_prob(a)",
+        "return critic.q(states, executed(policy, _sample(policy.distribution(states))))",
+        "d = policy.distribution(states)\n    a = _sample(d)\n"
+        "    return critic.q(states, executed(policy, a)) - d.log_prob(a)",
         "hard value target replaced by SAC's soft one (α = 1)",
     ),
     (
@@ -137,7 +144,12 @@ LISTED: list[tuple[str, str, str, str]] = [
         "value_target: ValueTarget = soft_value_target(1.0)",
         "m_step's default value target soft instead of hard",
     ),
-    ("virel_ppl/em.py", '"critic/td_mse": 0.5 * (', '"critic/td_mse": 0.25 * (', "td_mse halved"),
+    (
+        "virel_ppl/em.py",
+        '"critic/td_mse": q_loss.detach(),',
+        '"critic/td_mse": 0.5 * q_loss.detach(),',
+        "td_mse halved",
+    ),  # fmt: skip
     # the ones issue 14 found caught already
     ("virel_ppl/models.py", "states.shape[0]) / eps)", "states.shape[0]) * eps)", "Q·ε in place of Q/ε"),
     (
