@@ -120,12 +120,11 @@ def git_commit() -> str:
 
 
 def _last_step(path: Path) -> int:
+    """The last evaluated step in ``path`` (0 without one). A line being written is no step yet (read_csv reads past
+    it; no warning, the trial may be running)."""
     from virel_ppl.logger import read_csv
 
-    try:
-        steps = read_csv(path).get("step", []) if path.exists() else []
-    except (ValueError, KeyError):  # a torn last line: the row before it counts
-        return 0
+    steps = read_csv(path, warn=False).get("step", []) if path.exists() else []
     return int(steps[-1]) if steps else 0
 
 

@@ -39,6 +39,32 @@ def state_tensors(state) -> dict[str, torch.Tensor]:
     return flat
 
 
+# A tiny Pendulum-v1 run through the command line: updates from step 50, train.csv every 20 steps, checkpoints
+# every 40 steps.
+TINY_ARGS = ["--hidden", "8", "--batch-size", "16", "--warmup-steps", "50", "--eval-episodes", "1", "--log-every", "20"]
+TINY_ARGS += ["--checkpoint-every", "40", "--no-progress", "--no-tensorboard", "--threads", "1"]
+
+
+def tiny_train(run_dir, *extra, env="Pendulum-v1", total=120, eval_every=60) -> None:
+    """``virel_ppl train`` of a tiny run into ``run_dir`` (``extra``: more flags)."""
+    from virel_ppl.cli import main
+
+    argv = ["train", "--env", env, "--total-steps", str(total), "--eval-every", str(eval_every)]
+    main(argv + TINY_ARGS + ["--run-dir", str(run_dir), *extra])
+
+
+class StopAt:
+    """What Ctrl-C does to a run (or a stop to a sweep's trial): ask it to stop after this step; it checkpoints and
+    returns. A ``train()`` hook."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def __call__(self, trainer, step: int) -> None:
+        if step == self.step:
+            trainer.stop_requested = True
+
+
 class QuadraticQ(nn.Module):
     """Q(s, a) = w · (−Σ_i (a_i − c_i)²) + s·u: a critic with a known maximiser c, and parameters to freeze."""
 

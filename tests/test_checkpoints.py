@@ -4,7 +4,6 @@ line (``main([...])`` or a subprocess running it)."""
 
 import ast
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY_ARGS, tiny_train
 
 from virel_ppl import envs
 from virel_ppl.checkpoints import CHECKPOINT, PREVIOUS, RESUMABLE
@@ -19,31 +19,10 @@ from virel_ppl.cli import main
 from virel_ppl.logger import read_csv
 
 ROOT = Path(__file__).parents[1]
-# A tiny Pendulum-v1 run: updates from step 50, train.csv every 20 steps, checkpoints every 40 steps.
-TINY_ARGS = ["--hidden", "8", "--batch-size", "16", "--warmup-steps", "50", "--eval-episodes", "1", "--log-every", "20"]
-TINY_ARGS += ["--checkpoint-every", "40", "--no-progress", "--no-tensorboard", "--threads", "1"]
-
-
-def tiny_train(run_dir, *extra, env="Pendulum-v1", total=120, eval_every=60):
-    argv = ["train", "--env", env, "--total-steps", str(total), "--eval-every", str(eval_every)]
-    main(argv + TINY_ARGS + ["--run-dir", str(run_dir), *extra])
 
 
 def step_of(path):
     return torch.load(path, weights_only=False)["step"]
-
-
-@pytest.fixture(scope="module")
-def pendulum_run(tmp_path_factory):
-    """A finished 120-step Pendulum-v1 run (checkpoints written at 40, 80, 120). Copy it before changing it."""
-    run_dir = tmp_path_factory.mktemp("pendulum") / "run"
-    tiny_train(run_dir)
-    return run_dir
-
-
-@pytest.fixture
-def run_copy(pendulum_run, tmp_path):
-    return Path(shutil.copytree(pendulum_run, tmp_path / "run"))
 
 
 def run_cli_subprocess(argv, prelude="", env=None):

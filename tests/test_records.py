@@ -16,6 +16,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_ARGS, StopAt, tiny_train
 
 from virel_ppl.checkpoints import CHECKPOINT, CheckpointError
 from virel_ppl.cli import main
@@ -24,14 +25,6 @@ from virel_ppl.logger import read_csv
 from virel_ppl.train import train
 
 REPO = Path(__file__).resolve().parents[1]
-# A tiny Pendulum-v1 run: updates from step 50, train.csv every 20 steps, checkpoints every 40 steps.
-TINY_ARGS = ["--hidden", "8", "--batch-size", "16", "--warmup-steps", "50", "--eval-episodes", "1", "--log-every", "20"]
-TINY_ARGS += ["--checkpoint-every", "40", "--no-progress", "--no-tensorboard", "--threads", "1"]
-
-
-def tiny_train(run_dir, *extra, total=120, eval_every=60, env="Pendulum-v1"):
-    argv = ["train", "--env", env, "--total-steps", str(total), "--eval-every", str(eval_every)]
-    main(argv + TINY_ARGS + ["--run-dir", str(run_dir), *extra])
 
 
 def cli_error(argv) -> str:
@@ -41,19 +34,6 @@ def cli_error(argv) -> str:
     message = info.value.code
     assert isinstance(message, str) and message.startswith("error: ") and "\n" not in message, message
     return message
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """A finished 120-step Pendulum-v1 run (evaluations at 60 and 120). Copy it before changing it."""
-    run_dir = tmp_path_factory.mktemp("records") / "run"
-    tiny_train(run_dir)
-    return run_dir
-
-
-@pytest.fixture
-def run_copy(finished_run, tmp_path):
-    return Path(shutil.copytree(finished_run, tmp_path / "run"))
 
 
 # --- 3. TensorBoard across resumes -------------------------------------------------------------------------------
@@ -66,17 +46,6 @@ def tb_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-
-
-class StopAt:
-    """What Ctrl-C does to a run: ask it to stop after this step (it checkpoints and returns)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def __call__(self, trainer, step: int) -> None:
-        if step == self.step:
-            trainer.stop_requested = True
 
 
 class DieAt:
@@ -124,7 +93,7 @@ def test_a_budget_below_the_steps_already_run_is_refused_and_config_json_stays_t
 # --- 6. torn CSV lines ---------------------------------------------------------------------------------------------
 
 
-def test_a_torn_last_line_is_dropped_on_resume_with_a_warning(finished_run, run_copy, tmp_path, capsys):
+def test_a_torn_last_line_is_dropped_on_resume_with_a_warning(pendulum_run, run_copy, tmp_path, capsys):
     with open(run_copy / "eval.csv", "a", newline="") as fh:
         fh.write("12")  # the start of a row, cut off by a kill or a full disk
     main(["train", "--resume", str(run_copy), "--total-steps", "180"])
@@ -273,9 +242,9 @@ def test_a_guide_that_cannot_be_imported_is_one_line(custom_guide_run, tmp_path)
     assert "trained with the guide no_such_module_here:Guide from code, which cannot be imported here" in message
 
 
-def test_report_keeps_a_run_with_a_guide_from_code_apart_from_stock_runs(custom_guide_run, finished_run, tmp_path):
+def test_report_keeps_a_run_with_a_guide_from_code_apart_from_stock_runs(custom_guide_run, pendulum_run, tmp_path):
     out = tmp_path / "report"
-    main(["report", str(custom_guide_run), str(finished_run), "--out", str(out), "--n-boot", "50"])
+    main(["report", str(custom_guide_run), str(pendulum_run), "--out", str(out), "--n-boot", "50"])
     md = (out / "report.md").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| Pendulum-v1")]
     groups = {line.split("|")[1].strip() for line in rows}

@@ -326,25 +326,14 @@ def test_gpus_per_trial_on_a_cluster_without_a_gpu_is_refused_at_start_up(ray_lo
 # --- never an older copy over a newer run directory (issue 22, 1) ---------------------------------------------------
 
 
-class StopAt:
-    """What a stop does inside a trial: the run checkpoints after this step and returns."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def __call__(self, trainer, step: int) -> None:
-        if step == self.step:
-            trainer.stop_requested = True
-
-
 def _newer_and_older(tmp_path):
     """A run directory with its checkpoint at step 200 and a Tune checkpoint of it (a copy) from step 100."""
     from virel_ppl.train import train
 
     cfg = replace(BASE, total_steps=300, checkpoint_every=100, run_dir=tmp_path / "root" / "run")
-    train(cfg, hooks=[StopAt(100)])
+    train(cfg, hooks=[helpers.StopAt(100)])
     older = Path(shutil.copytree(cfg.run_dir, tmp_path / "tune_copy"))
-    train(resume=cfg.run_dir, hooks=[StopAt(200)])
+    train(resume=cfg.run_dir, hooks=[helpers.StopAt(200)])
     return cfg, older
 
 

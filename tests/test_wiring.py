@@ -356,9 +356,9 @@ def test_mpo_kl_bound_sets_the_direction_of_the_lagrange_dual(kl_bound, up):
     assert (third["mpo/lagrange"] > second["mpo/lagrange"]) == up
 
 
-def recording_q(agent: VirelAgent) -> list[tuple[torch.Size, torch.Tensor]]:
-    """Wrap the critic's Q(s, a) to record every batch of actions it scores (and its values)."""
-    seen: list[tuple[torch.Size, torch.Tensor]] = []
+def recording_q(agent: VirelAgent) -> list[tuple[torch.Size, torch.Tensor, torch.Tensor]]:
+    """Wrap the critic's Q(s, a) to record every batch of actions it scores: (shape, actions, Q values)."""
+    seen: list[tuple[torch.Size, torch.Tensor, torch.Tensor]] = []
     inner = agent.critic.q
 
     def q(states, actions):

@@ -94,7 +94,7 @@ def sb3_sac_hyperparameters(config: Config) -> dict:
 def train_sb3_sac(config: Config, on_eval: Callable[[int], None] | None = None) -> Path:
     """Run SB3's SAC for ``config.total_steps`` into ``config.run_dir`` (removing an unfinished earlier attempt);
     ``on_eval(step)`` is called after each evaluation row is written. Returns the run directory."""
-    require_sb3()
+    sb3 = require_sb3()
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
 
@@ -114,7 +114,7 @@ def train_sb3_sac(config: Config, on_eval: Callable[[int], None] | None = None) 
     ours = replace(cfg, run_dir=run_dir).to_dict()
     recorded = {
         **{k: ours[k] for k in RECORDED},
-        "learner": f"stable_baselines3 {require_sb3().__version__} SAC",
+        "learner": f"stable_baselines3 {sb3.__version__} SAC",
         "sb3": {
             "learning_rate": model.learning_rate,
             "buffer_size": model.buffer_size,

@@ -225,23 +225,17 @@ def _check(trials: Sequence[Trial]) -> None:
             if key in seen:
                 continue
             seen.add(key)
-            if cfg.algo in BASELINES:
-                try:
-                    check_baseline(cpu)
-                except ConfigError:
-                    raise
-                except Exception as err:
-                    raise SweepError(f"{trial.name}: {type(err).__name__}: {err}") from None
-                continue
             # A small buffer: only the construction is checked here, nothing is trained.
             small = replace(cpu, buffer_size=cpu.batch_size, run_dir=None, tensorboard=False, threads=None)
             try:
-                trainer = Trainer(small)
+                if cfg.algo in BASELINES:  # an external learner: its own checks, no agent of ours to build
+                    check_baseline(cpu)
+                else:
+                    Trainer(small).env.close()
             except ConfigError:
                 raise
             except Exception as err:  # gymnasium's unknown-env errors and the like
                 raise SweepError(f"{trial.name}: {type(err).__name__}: {err}") from None
-            trainer.env.close()
     finally:
         torch.set_num_threads(threads)
 
