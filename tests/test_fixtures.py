@@ -34,7 +34,7 @@ def test_a_short_run_is_bit_identical_to_the_recorded_one(name, tmp_path):
 
 
 def test_the_recorded_runs_cover_every_algorithm_guide_and_elbo():
-    from virel_ppl.agent import VARIANTS
+    from virel_ppl.variants import VARIANTS
     from virel_ppl.divergences import DIVERGENCES
     from virel_ppl.guides import GUIDES
 

@@ -1,174 +1,30 @@
-"""An agent ties a model, a guide, a critic and an ε rule into one ``update(batch)``; presets by name.
+"""The agent: a guide π_θ, a critic and a variant of VIREL, trained by one variational-EM ``update(batch)``.
 
-A preset (:class:`Variant`) names which model, value target and ε rule to use. The trainer never knows
-which one it runs: it calls :meth:`VirelAgent.update` and :meth:`VirelAgent.act`.
+:meth:`VirelAgent.update_step` is the whole training step on one screen: M-step, ε, E-step, target update, the
+variant's own step. The trainer calls :meth:`VirelAgent.update` and :meth:`VirelAgent.act` and never learns which
+variant runs. On a GPU, ``update`` replays ``update_step`` as one CUDA graph (``graphs.CudaGraph``, a wrapper that
+knows nothing of the agent); everywhere else it calls it directly.
 """
 
 from __future__ import annotations
 
 import copy
-import difflib
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import pyro
-import pyro.optim
 import torch
-from pyro.infer import SVI
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from pyro.infer.elbo import ELBO
 
-from virel_ppl import graphs, variants
 from virel_ppl.actions import ActionBox
-from virel_ppl.config import Config, ConfigError
-from virel_ppl.critics import Critic
-from virel_ppl.divergences import ELBOS as ELBOS  # re-exported: estimators by name, see divergences.py
+from virel_ppl.config import Config, lookup
 from virel_ppl.divergences import make_elbo
-from virel_ppl.em import (
-    Batch,
-    EpsilonRule,
-    FastEStep,
-    ValueTarget,
-    adam,
-    beta_epsilon,
-    e_step,
-    fixed_epsilon,
-    hard_value_target,
-    load_optimizer_state,
-    m_step,
-    soft_value_target,
-)
+from virel_ppl.em import Batch, DeviceTrace_ELBO, EStep, SVIStep, adam, load_optimizer_state, m_step
+from virel_ppl.graphs import CudaGraph, announce_eager
 from virel_ppl.guides import GUIDES, PolicyGuide, check_guide_fits
-from virel_ppl.models import Prior, pseudo_likelihood_model, virel_model
+from virel_ppl.variants import VARIANTS, Variant
 
-
-def _uniform_prior(agent: VirelAgent) -> Prior:
-    return lambda states: agent.box.uniform()
-
-
-@dataclass(frozen=True)
-class Variant:
-    """A named algorithm: a model and what it is combined with. Every field but ``model`` defaults to VIREL's
-    choice, so a variant names only what it changes (``docs/variants.md`` shows each as a diff):
-
-    - ``value_target(agent)``: what V regresses to in the M-step (hard: E_π[Q]);
-    - ``eps_rule(agent)``: the temperature ε of the likelihood exp(Q/ε) (fixed α);
-    - ``prior(agent)``: p(a|s) for the model (uniform on the box; MPO: the old policy);
-    - ``guide(agent)``: the Pyro guide paired with the model (π_θ);
-    - ``loss(agent)``: what SVI minimises instead of the ``--elbo`` estimator (None: that ELBO);
-    - ``model_inputs(agent, batch)``: extra keyword arguments of the model, from the batch (none);
-    - ``critic(obs_dim, action_dim, hidden=...)``: the critic (twin hard Q);
-    - ``extras(agent)``: extra state, built first and kept in ``agent.extras`` (old policy, log α, duals);
-      each value has ``state_dict``/``load_state_dict`` and is saved in checkpoints;
-    - ``after_update(agent, batch)``: runs after each update (MPO's slow prior update, SAC's α step) and may
-      return statistics to log;
-    - ``after_update_in_graph``: whether the CUDA-graph update (``graphs.py``) captures ``after_update`` with the
-      rest of the update (True), or runs it eagerly after each replay (False: the hook branches on host-side state,
-      such as MPO's count of updates between copies of π_old, which a captured graph would freeze).
-    """
-
-    model: Callable
-    value_target: Callable[[VirelAgent], ValueTarget] = lambda agent: hard_value_target
-    eps_rule: Callable[[VirelAgent], EpsilonRule] = lambda agent: fixed_epsilon(agent.config.alpha)
-    prior: Callable[[VirelAgent], Prior] = _uniform_prior
-    guide: Callable[[VirelAgent], Callable] = lambda agent: agent.policy.guide
-    loss: Callable[[VirelAgent], ELBO | Callable] | None = None
-    model_inputs: Callable[[VirelAgent, Batch], dict] | None = None
-    critic: Callable[..., Critic] = Critic
-    extras: Callable[[VirelAgent], dict] = lambda agent: {}
-    after_update: Callable[[VirelAgent, Batch], dict | None] | None = None
-    after_update_in_graph: bool = True
-    description: str = ""
-
-
-_virel = Variant(
-    virel_model,
-    description="VIREL Alg. 1 (VIREL1): uniform prior, fixed ε = α, twin hard Q, hard value target E_π[Q].",
-)
-
-
-def _step_old_policy(agent: VirelAgent, batch: Batch) -> None:
-    agent.extras["old_policy"].step()
-
-
-def _sac_auto_update(agent: VirelAgent, batch: Batch) -> dict:
-    return agent.extras["alpha"].update(agent.policy, batch.obs)
-
-
-VARIANTS: dict[str, Variant] = {
-    "virel": _virel,
-    "virel1": _virel,
-    "beta": Variant(
-        virel_model,
-        eps_rule=lambda agent: beta_epsilon(agent.config.gamma, agent.config.resolved_beta_scale()),
-        description="VIREL Alg. 2: ε_ω = (1 − γ)/r_avg · TD-MSE from the critic's residual.",
-    ),
-    "virel2": Variant(
-        virel_model,
-        critic=variants.HardSoftCritic,
-        value_target=lambda agent: variants.hard_soft_value_target(agent.config.alpha),
-        description="VIREL2 (AISTATS §5): one hard and one soft Q, each with its own value; min of the two in Q/ε.",
-    ),
-    "mpo": Variant(
-        virel_model,
-        prior=lambda agent: agent.extras["old_policy"].distribution,
-        extras=lambda agent: {"old_policy": variants.old_policy(agent, period=1000)},
-        after_update=_step_old_policy,
-        after_update_in_graph=False,  # OldPolicy.step counts updates on the host
-        description="MPO (VIREL App. G): prior π_old, so the ELBO is E[Q]/ε − KL(π_θ‖π_old); π_old follows π_θ slowly.",
-    ),
-    "mpo_np": Variant(
-        virel_model,
-        prior=lambda agent: agent.extras["old_policy"].distribution,
-        eps_rule=lambda agent: agent.extras["mpo"].epsilon_rule,
-        loss=lambda agent: agent.extras["mpo"],
-        extras=lambda agent: {
-            "old_policy": variants.old_policy(agent, period=100),
-            "mpo": variants.nonparametric_mpo(agent),
-        },
-        after_update=variants.nonparametric_mpo_after_update,
-        after_update_in_graph=False,  # OldPolicy.step counts updates on the host
-        description="Classic MPO: MPO's model, but importance-weighted ML (η and KL bound by duals) in place of SVI.",
-    ),
-    "sac": Variant(
-        virel_model,
-        value_target=lambda agent: soft_value_target(agent.config.alpha),
-        description="SAC: fixed α = ε, soft value target E_π[Q − α log π] (entropy inside the backup), twin Q.",
-    ),
-    "sac_auto": Variant(
-        virel_model,
-        value_target=lambda agent: soft_value_target(agent.extras["alpha"]),
-        eps_rule=lambda agent: agent.extras["alpha"].epsilon_rule,
-        extras=lambda agent: {
-            "alpha": variants.Temperature(
-                agent.config.alpha,
-                agent.box.dim,
-                agent.config.target_entropy,
-                agent.config.dual_lr,
-                agent.device,
-                capturable=agent.capturable,
-            )
-        },
-        after_update=_sac_auto_update,
-        description="SAC with α tuned to a target entropy (--target-entropy, default −action_dim).",
-    ),
-    "pseudo_likelihood": Variant(
-        pseudo_likelihood_model,
-        prior=lambda agent: variants.policy_prior(agent.policy),
-        guide=lambda agent: variants.no_guide,
-        model_inputs=variants.sampled_advantages,
-        description="Reward-weighted EM: π_θ is the prior, weighted ML of buffer actions by exp(sampled return/ε).",
-    ),
-}
-
-
-def lookup(registry: dict, name: str, what: str):
-    """``registry[name]``, or a ``ConfigError`` that lists the choices and suggests close names."""
-    if name in registry:
-        return registry[name]
-    close = difflib.get_close_matches(name, list(registry), n=3)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise ConfigError(f"Unknown {what} {name!r}; choose from {', '.join(sorted(registry))}.{hint}")
+Stats = dict[str, torch.Tensor | float]
 
 
 class NonFiniteRecord:
@@ -201,7 +57,7 @@ class NonFiniteRecord:
 
 
 class VirelAgent:
-    """Guide π_θ + critic (twin Q, V, target V) + ε rule, updated by variational EM.
+    """Guide π_θ + critic (twin Q, V, target V) + a variant's ε rule and value target, updated by variational EM.
 
     Args:
         obs_dim: size of the flat observation.
@@ -221,91 +77,87 @@ class VirelAgent:
     ) -> None:
         self.config, self.box = config, box
         self.device = torch.device(config.device)
-        self.variant: Variant = lookup(VARIANTS, config.algo, "algo")
+        variant_class: type[Variant] = lookup(VARIANTS, config.algo, "algo")
         if policy is None:
             policy = lookup(GUIDES, config.guide, "guide")(obs_dim, box, hidden=config.hidden)
         self.policy = policy.to(self.device)
-        self.critic = self.variant.critic(obs_dim, box.dim, hidden=config.hidden).to(self.device)
+        self.critic = variant_class.critic_class(obs_dim, box.dim, hidden=config.hidden).to(self.device)
         check_guide_fits(self.policy, box)  # continuous guide ↔ Box, categorical ↔ Discrete
         estimator = None
-        if self.variant.loss is None:  # fails here, at start-up, for guide × estimator pairs that cannot work
+        if not variant_class.replaces_elbo:  # fails here, at start-up, for guide × estimator pairs that cannot work
             estimator = make_elbo(
                 elbo if elbo is not None else config.elbo, self.policy, config.num_particles, config.renyi_alpha
             )
-        # Why the whole update cannot be one CUDA graph here (None: it will be). Known before any optimiser is
-        # built, so that they keep their step counters on the device exactly when the update is captured (em.adam).
-        self.graph_refusal = graphs.refusal(config, self.device, estimator)
-        self.capturable = self.graph_refusal is None
-        self.critic_optim = adam(
-            self.critic.trainable_parameters(), config.critic_lr, config.fused_adam, capturable=self.capturable
-        )
-        self.extras: dict = self.variant.extras(self)  # the variant's own state, saved with the agent
-        self.elbo = self.variant.loss(self) if self.variant.loss is not None else estimator
-        guide = self.variant.guide(self)
-        # one Adam per parameter tensor (pyro.optim's way); the same kernel as the fast E-step, hence the same numbers
-        adam_args = {"lr": config.policy_lr, "fused": config.fused_adam}
-        self.svi = SVI(self.variant.model, guide, pyro.optim.Adam(adam_args), self.elbo)
-        # the E-step the trainer runs: the same model, guide and loss without SVI.step's overheads (em.FastEStep)
-        self.fast_e_step = (
-            FastEStep(
-                self.variant.model, guide, self.elbo, config.policy_lr, config.fused_adam, capturable=self.capturable
+        # Why the update cannot be one CUDA graph (None: it will be), known before any optimiser is built, so that
+        # they keep their step counters on the device exactly when the update is captured (em.adam).
+        self.graph_refusal = _graph_refusal(config, self.device, estimator, self.policy)
+        capturable = self.graph_refusal is None
+        if capturable and type(estimator) is Trace_ELBO:  # the same loss, without a host read per site
+            estimator = DeviceTrace_ELBO(
+                num_particles=estimator.num_particles,
+                vectorize_particles=estimator.vectorize_particles,
+                max_plate_nesting=estimator.max_plate_nesting,
             )
-            if config.fast_update
-            else None
+        self.critic_optim = adam(
+            self.critic.trainable_parameters(), config.critic_lr, config.fused_adam, capturable=capturable
         )
+        self.variant = variant_class(config, self.policy, self.critic, box, capturable=capturable)
+        self.elbo = self.variant.loss if self.variant.replaces_elbo else estimator
+        if config.fast_update:  # the ELBO's differentiable_loss and one torch Adam (em.EStep)
+            self.e_step = EStep(
+                self.variant.model, self.variant.guide, self.elbo, config.policy_lr, config.fused_adam, capturable
+            )
+        else:  # the reference: pyro.infer.SVI.step
+            self.e_step = SVIStep(
+                self.variant.model, self.variant.guide, self.elbo, config.policy_lr, config.fused_adam
+            )
         self.nonfinite = NonFiniteRecord(self.device)
         self.updates = 0
-        self.value_target = self.variant.value_target(self)
-        self.eps_rule = self.variant.eps_rule(self)
-        self.prior = self.variant.prior(self)
-        # Each agent keeps its own Pyro param store, so agents in one process never share parameters.
-        self.param_state: dict = {"params": {}, "constraints": {}}
-        # On a GPU, the whole update as one CUDA graph (graphs.py); None: every update runs eagerly (the CPU).
-        self.graphed: graphs.GraphedUpdate | None = None
-        if self.graph_refusal is None:
-            self.graphed = graphs.GraphedUpdate(self, capture=self.device.type == "cuda")
+        # Speed is a wrapper from outside: on a GPU the whole update_step as one CUDA graph (graphs.py).
+        self.graph: CudaGraph | None = None
+        if capturable:
+            self.graph = CudaGraph(self._update_without_checks)
+            self._step = torch.zeros((), dtype=torch.long, device=self.device)
         elif config.cuda_graph and self.device.type == "cuda":
-            graphs.announce_eager(self.graph_refusal)
+            announce_eager(self.graph_refusal)
 
-    def update(self, batch: Batch, step: int | None = None) -> dict[str, torch.Tensor | float]:
-        """One variational-EM update on a batch: M-step (critic), E-step (guide), target update.
-
-        Statistics stay tensors (read them when logging). Whether any is NaN/inf is recorded on the device under
-        ``step`` (the trainer's environment step; default: the count of updates), see :meth:`first_nonfinite_step`.
-        On a GPU the update is one replay of a CUDA graph (``self.graphed``, ``graphs.py``): the same operations.
-        """
-        if self.graphed is not None:
-            return self.graphed(batch, step)
-        return self.eager_update(batch, step)
-
-    def eager_update(self, batch: Batch, step: int | None = None) -> dict[str, torch.Tensor | float]:
-        """:meth:`update` run op by op from Python (the CPU's path, and the GPU's without a graph)."""
-        stats = self.update_body(batch, self.updates + 1 if step is None else step)
-        self.updates += 1
-        return stats
-
-    def update_body(
-        self, batch: Batch, step: int | torch.Tensor, after_update: bool = True
-    ) -> dict[str, torch.Tensor | float]:
-        """The operations of one update, in order, recorded under ``step``; the CUDA graph captures exactly this
-        (with ``after_update=False`` when the variant's hook must run on the host after each replay)."""
-        stats: dict[str, torch.Tensor | float] = m_step(
-            self.critic, self.critic_optim, batch, self.policy, self.config.gamma, self.value_target
-        )
-        eps = self.eps_rule(stats["critic/td_mse"], batch.rewards)
-        inputs = self.variant.model_inputs(self, batch) if self.variant.model_inputs is not None else {}
-        kwargs = dict(eps=eps, q=self.q_on_box, prior=self.prior, **inputs)
-        if self.fast_e_step is not None:
-            loss = self._pyro_scoped(lambda: self.fast_e_step.step(self.critic, batch.obs, **kwargs))
-        else:
-            loss = self._pyro_scoped(lambda: e_step(self.svi, self.critic, batch.obs, **kwargs))
-        self.critic.update_target(self.config.tau)
-        if after_update and self.variant.after_update is not None:
-            stats.update(self.variant.after_update(self, batch) or {})
-        stats["actor/loss"] = loss
-        stats["eps"] = eps
+    def update_step(self, batch: Batch, step: int | torch.Tensor) -> Stats:
+        """One variational-EM update on a batch, recorded under ``step``: the whole training step, in order."""
+        variant, cfg = self.variant, self.config
+        # M-step: shrink the critic's Bellman residual (value target drawn from the guide)
+        stats: Stats = m_step(self.critic, self.critic_optim, batch, self.policy, cfg.gamma, variant.value_target)
+        # ε_ω: the temperature of the likelihood exp(Q/ε), from the residual
+        eps = variant.eps(stats["critic/td_mse"], batch.rewards)
+        # E-step: maximise the ELBO over the guide's parameters (the critic frozen inside the model)
+        inputs = dict(eps=eps, q=self.q_on_box, prior=variant.prior, **variant.model_inputs(batch))
+        loss = self.e_step(self.critic, batch.obs, **inputs)
+        # the target value network follows V slowly
+        self.critic.update_target(cfg.tau)
+        # the variant's own step: SAC's α, MPO's π_old and duals
+        stats.update(variant.after_update(batch))
+        stats["actor/loss"], stats["eps"] = loss, eps
         self.nonfinite.record(stats.values(), step)
         return stats
+
+    def update(self, batch: Batch, step: int | None = None) -> Stats:
+        """:meth:`update_step`, as one CUDA-graph replay where the update is captured; ``step`` is the trainer's
+        environment step (default: the count of updates). Statistics stay tensors (read them when logging);
+        whether any is NaN/inf is recorded on the device, see :meth:`first_nonfinite_step`."""
+        self.updates += 1
+        step = self.updates if step is None else step
+        if self.graph is None:
+            return self.update_step(batch, step)
+        self._step.fill_(step)  # a kernel argument, not a host read
+        return self.graph(batch, self._step)
+
+    def _update_without_checks(self, batch: Batch, step: torch.Tensor) -> Stats:
+        with pyro.validation_enabled(False):  # argument checks read device values on the host (a sync each)
+            return self.update_step(batch, step)
+
+    @property
+    def update_path(self) -> str:
+        """Which update runs now, in words: the CUDA graph, or eager and why (for benchmarks and logs)."""
+        return self.graph.describe() if self.graph is not None else f"eager ({self.graph_refusal})"
 
     def first_nonfinite_step(self) -> int | None:
         """The step of the first update with a NaN/inf statistic (losses, ε, the variant's own), or None.
@@ -329,35 +181,40 @@ class VirelAgent:
             "policy": self.policy.state_dict(),
             "critic": self.critic.state_dict(),
             "critic_optim": self.critic_optim.state_dict(),
-            "policy_optim": self._policy_optim_state(),  # keyed by param-store names (pyro.optim's format)
-            "extras": {name: extra.state_dict() for name, extra in self.extras.items()},
+            "policy_optim": self.e_step.state_dict(),  # keyed by param-store names (pyro.optim's format)
+            "extras": self.variant.state_dict(),  # the variant's own state (log α, π_old, duals)
         }
 
     def load_state_dict(self, state: dict) -> None:
         # torch optimisers keep the tensors they are given: without a copy, two agents loaded from one in-memory
         # state would step the same Adam moments (a checkpoint read from disk is a copy already)
         state = copy.deepcopy(state)
-        if self.graphed is not None:  # optimisers get new state tensors: a captured graph would update the old ones
-            self.graphed.reset()
+        if self.graph is not None:  # optimisers get new state tensors: a captured graph would update the old ones
+            self.graph.reset()
         self.policy.load_state_dict(state["policy"])
         self.critic.load_state_dict(state["critic"])
         load_optimizer_state(self.critic_optim, state["critic_optim"])
-        if self.fast_e_step is not None:
-            self.fast_e_step.load_state_dict(state["policy_optim"])
-        else:
-            self._pyro_scoped(self.svi.optim.set_state, state["policy_optim"])
-        saved = state.get("extras", {})
-        for name, extra in self.extras.items():
-            if name not in saved:
-                raise KeyError(f"The checkpoint has no {name!r} state of the {self.config.algo!r} variant.")
-            extra.load_state_dict(saved[name])
+        self.e_step.load_state_dict(state["policy_optim"])
+        self.variant.load_state_dict(state.get("extras", {}))
 
-    def _policy_optim_state(self) -> dict:
-        if self.fast_e_step is not None:
-            return self.fast_e_step.state_dict()
-        return self._pyro_scoped(self.svi.optim.get_state)
 
-    def _pyro_scoped(self, fn: Callable, *args):
-        """Call ``fn`` inside this agent's own Pyro param store."""
-        with pyro.get_param_store().scope(self.param_state):
-            return fn(*args)
+def _graph_refusal(config: Config, device: torch.device, elbo: ELBO | None, policy: PolicyGuide) -> str | None:
+    """Why this run's update will not be captured as a CUDA graph (None: it will be), known at start-up."""
+    if device.type != "cuda":
+        return "CUDA graphs exist only on CUDA devices"
+    if not config.cuda_graph:
+        return "--no-cuda-graph"
+    if not config.fast_update:
+        return "--no-fast-update runs pyro.infer.SVI.step, whose loss is a host float every step"
+    if elbo is None:
+        return None
+    if type(elbo) is not Trace_ELBO:
+        why = "enumerates (Pyro's Dice estimator tests its probabilities on the host)"
+        if not isinstance(elbo, TraceEnum_ELBO):
+            why = "adds its loss up as host floats (Pyro's ELBOs do; only trace has a device-resident twin here)"
+        return f"{type(elbo).__name__} (--elbo {config.elbo}) {why}"
+    if not policy.has_rsample:
+        return f"{type(policy).__name__} has no rsample: the device-resident ELBO needs a reparameterised guide"
+    return None
+
+

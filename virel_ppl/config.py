@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,6 +280,15 @@ class Config:
         d["hidden"] = tuple(d["hidden"])
         d["run_dir"] = Path(d["run_dir"]) if d.get("run_dir") else None
         return cls(**d)
+
+
+def lookup(registry: dict, name: str, what: str):
+    """``registry[name]``, or a ``ConfigError`` that lists the choices and suggests close names."""
+    if name in registry:
+        return registry[name]
+    close = difflib.get_close_matches(name, list(registry), n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(f"Unknown {what} {name!r}; choose from {', '.join(sorted(registry))}.{hint}")
 
 
 def preset_config(name: str, **overrides) -> Config:

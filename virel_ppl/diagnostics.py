@@ -81,7 +81,7 @@ class BoltzmannTarget:
                 )
             eps = agent.config.alpha
         q = getattr(agent, "q_on_box", agent.critic.q)  # Q(s, clip(a)), as the E-step scores actions
-        return cls(q, agent.prior, float(eps))
+        return cls(q, agent.variant.prior, float(eps))
 
     def prior_distribution(self, states: torch.Tensor) -> Distribution:
         """p(a|s) with batch shape ``(len(states),)``."""

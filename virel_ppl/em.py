@@ -1,6 +1,6 @@
 """Variational EM on the VIREL ELBO: the E-step (actor, via Pyro) and the M-step (critic, via torch).
 
-``e_step`` maximises the ELBO over the guide's parameters θ with ``pyro.infer.SVI``; :class:`FastEStep` takes
+``e_step`` maximises the ELBO over the guide's parameters θ with ``pyro.infer.SVI``; :class:`EStep` takes
 the same step as the ELBO's ``differentiable_loss`` and one multi-tensor torch Adam over the same parameters
 (the default in training; ``docs/math.md`` shows why the two are one E-step). The critic sits inside the model
 as a fixed function and receives neither gradient nor update. ``m_step`` shrinks the Bellman residual over the
@@ -13,16 +13,14 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import NamedTuple
-from unittest import mock
 
-import pyro.infer.trace_elbo
-import pyro.infer.trace_mean_field_elbo
-import pyro.infer.traceenum_elbo
+import pyro
+import pyro.optim
 import pyro.poutine as poutine
 import torch
-from pyro.infer import SVI
+from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.elbo import ELBO
 
 from virel_ppl.critics import Critic, bellman_target
@@ -108,46 +106,42 @@ def load_optimizer_state(optim: torch.optim.Optimizer, state: dict) -> None:
                 optim.state[p]["step"] = step.to("cpu")
 
 
-# Pyro's ELBOs turn per-site log-densities into Python floats (``torch_item``) and test the loss for NaN on the
-# host (``warn_if_nan``): one device synchronisation each on a GPU. The fast E-step keeps them as detached
-# tensors instead (same value; the gradient comes from the surrogate either way) and checks for NaN elsewhere.
-_SYNCING_MODULES = (pyro.infer.trace_elbo, pyro.infer.trace_mean_field_elbo, pyro.infer.traceenum_elbo)
+class DeviceTrace_ELBO(Trace_ELBO):
+    """``Trace_ELBO`` whose ``differentiable_loss`` never reads a device value on the host, for a CUDA graph.
+
+    Pyro's ``Trace_ELBO`` adds up its loss as Python floats (one ``.item()`` per site) and tests it for NaN on the
+    host: a device synchronisation each, which a captured graph cannot hold. For a reparameterised guide (every
+    guide site has ``rsample``; the agent checks this before it chooses this class) the surrogate loss *is* the
+    loss, so this returns it as it stands: the same gradient, the value up to float rounding. NaN is caught by the
+    agent's on-device record instead. Pyro's guide for custom objectives writes the ELBO the same way.
+    """
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        loss = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            loss = loss - (model_trace.log_prob_sum() - guide_trace.log_prob_sum()) / self.num_particles
+        return loss
 
 
-def _detached(x):
-    return x.detach() if isinstance(x, torch.Tensor) else x
+class EStep:
+    """The E-step in training: the ELBO's ``differentiable_loss`` and one torch Adam over the guide's parameters.
 
+    One call maximises ε · ELBO / N over θ, as :func:`e_step` does with ``SVI.step`` (the same numbers, bit for bit;
+    ``tests/test_fast_update.py``): the loss under ``poutine.scale(ε/N)`` with the critic frozen, its backward, one
+    Adam step. The loss is
 
-@contextmanager
-def _no_host_syncs() -> Iterator[None]:
-    with ExitStack() as stack:
-        for module in _SYNCING_MODULES:
-            if hasattr(module, "torch_item"):
-                stack.enter_context(mock.patch.object(module, "torch_item", _detached))
-            stack.enter_context(mock.patch.object(module, "warn_if_nan", lambda *args, **kwargs: None))
-        yield
-
-
-class FastEStep:
-    """The E-step of :func:`e_step` without ``SVI.step``'s per-step overheads, for the same model, guide and loss.
-
-    One step computes the loss under the same ``poutine.scale(ε/N)`` with the critic frozen, back-propagates it
-    and takes one step of a single torch Adam over the parameters Pyro registered while computing it:
-
-    - an ``ELBO`` with ``differentiable_loss`` (trace, meanfield, tail_adaptive, enum): that loss, kept on the
-      device (no float per step on a GPU, see ``_no_host_syncs``);
-    - any other ``ELBO`` (Rényi/IWAE, TraceGraph): its ``loss_and_grads``, as ``SVI.step`` calls it (one float
-      per step); announced once with a ``RuntimeWarning``;
+    - an ``ELBO`` with ``differentiable_loss`` (trace, meanfield, tail_adaptive, enum): that loss;
+    - any other ``ELBO`` (Rényi/IWAE, TraceGraph): its ``loss_and_grads``, as ``SVI.step`` calls it (a float per
+      step); announced once with a ``RuntimeWarning``;
     - a loss callable ``loss(model, guide, *args, **kwargs) -> tensor`` (mpo_np): called and back-propagated,
       as ``SVI`` does with a callable.
 
     The parameters are those of the ``param`` sites that the first step's trace records (``pyro.module`` in the
     guide, or in the model when the policy is the prior, as in pseudo_likelihood), in name order; the set is
     fixed from then on. ``SVI.step`` keeps one Adam per parameter, of the same kind (the per-tensor loop, or
-    fused); the one Adam here (multi-tensor, or fused) computes the same update bit for bit.
-
-    ``state_dict`` uses ``pyro.optim``'s format (parameter name → one single-parameter Adam state), so a
-    checkpoint of either path resumes on the other.
+    fused); the one Adam here (multi-tensor, or fused) computes the same update bit for bit. ``state_dict`` uses
+    ``pyro.optim``'s format (parameter name → one single-parameter Adam state), so a checkpoint of either E-step
+    resumes on the other. Each E-step keeps its own Pyro param store: agents in one process share nothing.
     """
 
     def __init__(
@@ -157,12 +151,11 @@ class FastEStep:
         loss: ELBO | Callable,
         lr: float,
         fused: bool = False,
-        sync_free: bool | None = None,
         capturable: bool = False,
     ) -> None:
         self.model, self.guide, self.loss, self.lr, self.fused = model, guide, loss, lr, fused
         self.capturable = capturable  # Adam's step counters on the device (CUDA-graph update, see ``adam``)
-        self.sync_free = sync_free  # keep Pyro's per-site floats on the device; None: on any device but the CPU
+        self.param_state: dict = {"params": {}, "constraints": {}}
         self.names: list[str] = []
         self.optim: torch.optim.Adam | None = None
         self._pending: dict | None = None
@@ -173,7 +166,7 @@ class FastEStep:
             self.kind = "callable"
         if self.kind == "loss_and_grads":
             warnings.warn(
-                f"{type(loss).__name__} has no differentiable_loss: the fast E-step calls its loss_and_grads "
+                f"{type(loss).__name__} has no differentiable_loss: the E-step calls its loss_and_grads "
                 "(as SVI.step does; its loss is a float, a device sync per step on a GPU) and steps one torch Adam.",
                 RuntimeWarning,
                 stacklevel=2,
@@ -181,21 +174,15 @@ class FastEStep:
 
     def _loss_and_backward(self, states: torch.Tensor, kwargs: dict) -> torch.Tensor | float:
         if self.kind == "differentiable_loss":
-            sync_free = states.device.type != "cpu" if self.sync_free is None else self.sync_free
-            if not sync_free:  # floats are free on the host; keep Pyro's code path exactly
-                loss = self.loss.differentiable_loss(self.model, self.guide, states, **kwargs)
-            else:
-                with _no_host_syncs():
-                    loss = self.loss.differentiable_loss(self.model, self.guide, states, **kwargs)
-            loss.backward()
-            return loss.detach()
-        if self.kind == "loss_and_grads":
+            loss = self.loss.differentiable_loss(self.model, self.guide, states, **kwargs)
+        elif self.kind == "loss_and_grads":
             return self.loss.loss_and_grads(self.model, self.guide, states, **kwargs)
-        loss = self.loss(self.model, self.guide, states, **kwargs)
+        else:
+            loss = self.loss(self.model, self.guide, states, **kwargs)
         loss.backward()
         return loss.detach()
 
-    def step(
+    def __call__(
         self, critic: Critic, states: torch.Tensor, eps: float | torch.Tensor, **model_kwargs
     ) -> torch.Tensor | float:
         """One E-step; returns the loss −ε·ELBO/N (a 0-d tensor, or a float from ``loss_and_grads``).
@@ -206,14 +193,16 @@ class FastEStep:
         kwargs = dict(eps=eps, **model_kwargs)
         if self._critic is not critic:
             self._critic, self._critic_params = critic, list(critic.parameters())
+        if self.optim is not None:  # before the backward: whatever an aborted graph capture left is dropped
+            self.optim.zero_grad(set_to_none=True)
         # first step only: find the parameters Pyro registers (SVI.step traces them at every step)
         params = poutine.trace(param_only=True) if self.optim is None else nullcontext()
-        with params as capture, frozen(critic, self._critic_params), poutine.scale(scale=eps / states.shape[0]):
-            loss = self._loss_and_backward(states, kwargs)
-        if self.optim is None:
-            self._build({name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()})
+        with pyro.get_param_store().scope(self.param_state):
+            with params as capture, frozen(critic, self._critic_params), poutine.scale(scale=eps / states.shape[0]):
+                loss = self._loss_and_backward(states, kwargs)
+            if self.optim is None:
+                self._build({name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()})
         self.optim.step()
-        self.optim.zero_grad(set_to_none=True)
         return loss
 
     def _build(self, params: dict[str, torch.Tensor]) -> None:
@@ -256,6 +245,28 @@ class FastEStep:
         load_optimizer_state(self.optim, full)
 
 
+class SVIStep:
+    """The reference E-step, ``pyro.infer.SVI.step`` with ``pyro.optim.Adam`` (``--no-fast-update``): called as
+    :class:`EStep` is, with its own Pyro param store. :class:`EStep` is proven equal to it, bit for bit."""
+
+    def __init__(self, model: Callable, guide: Callable, loss: ELBO | Callable, lr: float, fused: bool = False) -> None:
+        # one Adam per parameter tensor (pyro.optim's way); the same kernel as EStep's, hence the same numbers
+        self.svi = SVI(model, guide, pyro.optim.Adam({"lr": lr, "fused": fused}), loss)
+        self.param_state: dict = {"params": {}, "constraints": {}}
+
+    def __call__(self, critic: Critic, states: torch.Tensor, eps: float | torch.Tensor, **model_kwargs) -> float:
+        with pyro.get_param_store().scope(self.param_state):
+            return e_step(self.svi, critic, states, eps, **model_kwargs)
+
+    def state_dict(self) -> dict:
+        with pyro.get_param_store().scope(self.param_state):
+            return self.svi.optim.get_state()
+
+    def load_state_dict(self, state: dict) -> None:
+        with pyro.get_param_store().scope(self.param_state):
+            self.svi.optim.set_state(state)
+
+
 # --- value targets: what V_ψ(s) regresses to (a choice, not a fork) -------------------------------------------
 
 ValueTarget = Callable[[Critic, PolicyGuide, torch.Tensor], torch.Tensor]
@@ -263,7 +274,7 @@ ValueTarget = Callable[[Critic, PolicyGuide, torch.Tensor], torch.Tensor]
 
 def hard_value_target(critic: Critic, policy: PolicyGuide, states: torch.Tensor) -> torch.Tensor:
     """V(s) ← E_{a~π}[Q(s, a)] (VIREL App. H, J_V), one action sample per state, scored as the env executes it."""
-    return critic.q(states, executed(policy, _sample(policy.distribution(states))))
+    return critic.q(states, executed(policy, detached_sample(policy.distribution(states))))
 
 
 def executed(policy: PolicyGuide, actions: torch.Tensor) -> torch.Tensor:
@@ -273,7 +284,7 @@ def executed(policy: PolicyGuide, actions: torch.Tensor) -> torch.Tensor:
     return box.clip(actions) if box is not None else actions
 
 
-def _sample(d) -> torch.Tensor:
+def detached_sample(d) -> torch.Tensor:
     """A sample without gradient. ``rsample`` where there is one: the same numbers as ``sample`` on CPU, without
     ``torch.normal``'s host-side check of the scale (a device synchronisation on a GPU)."""
     with torch.no_grad():
@@ -288,7 +299,7 @@ def soft_value_target(alpha: float | Callable[[], torch.Tensor]) -> ValueTarget:
 
     def target(critic: Critic, policy: PolicyGuide, states: torch.Tensor) -> torch.Tensor:
         d = policy.distribution(states)
-        a = _sample(d)
+        a = detached_sample(d)
         return critic.q(states, executed(policy, a)) - (alpha() if callable(alpha) else alpha) * d.log_prob(a)
 
     return target

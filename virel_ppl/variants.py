@@ -1,14 +1,19 @@
-"""What the variants in ``agent.VARIANTS`` need beyond a model function: extra state and inference steps.
+"""Every algorithm of the package as a :class:`Variant` of VIREL, and the registry ``VARIANTS`` that names them.
 
-- :class:`OldPolicy`: MPO's prior π_old(a|s), a frozen copy of π_θ with its slow update (its M-step);
-- :class:`Temperature`: SAC's α, tuned to a target entropy;
-- :class:`HardSoftCritic` and :func:`hard_soft_value_target`: VIREL2's one hard and one soft Q;
-- :class:`NonparametricMPO`: the classic MPO policy step as an SVI loss on MPO's model and guide;
-- :func:`policy_prior`, :func:`no_guide` and :func:`sampled_advantages`: pseudo-likelihood EM, where the
-  policy is the model's prior and the E-step weights come from sampled returns.
+A variant is a small class: :class:`Variant` itself is VIREL (Alg. 1: uniform prior, ε = α, twin hard Q, the hard
+value target E_π[Q]); every other one subclasses it and sets only what it changes, so each algorithm reads as a
+diff of VIREL (``docs/variants.md``). What the agent's update uses of it:
 
-Each stateful piece has ``state_dict``/``load_state_dict``; the agent saves them in its checkpoint
-(``VirelAgent.extras``), so a resumed run continues exactly.
+- ``model``, ``guide``, ``prior(states)``, ``model_inputs(batch)``: the Pyro model, its guide and their inputs;
+- ``loss``: what the E-step minimises instead of the ``--elbo`` estimator (None: that ELBO);
+- ``eps(td_mse, rewards)``: the temperature ε of the likelihood exp(Q/ε);
+- ``value_target(critic, policy, states)``: what V regresses to in the M-step;
+- ``critic_class``: the critic it needs (twin hard Q);
+- ``after_update(batch)``: its own step after each update (SAC's α, MPO's π_old), returning statistics to log.
+
+A stateful variant keeps its state in attributes (SAC's ``alpha``, MPO's ``old_policy``, classic MPO's ``mpo``) and
+names them in ``state``; they are saved with the agent's ``state_dict``. Nothing here reads host-side values in the
+update, so a CUDA graph can hold any variant whole. ``examples/custom_variant.py`` adds one.
 """
 
 from __future__ import annotations
@@ -16,23 +21,34 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.distributions import Distribution
+from pyro.infer.elbo import ELBO
 from torch.distributions import kl_divergence
 
-from virel_ppl.actions import TanhNormal
+from virel_ppl.actions import ActionBox, TanhNormal
+from virel_ppl.config import Config
 from virel_ppl.critics import Critic, bellman_target
-from virel_ppl.em import Batch, ValueTarget, _sample, executed, load_optimizer_state
+from virel_ppl.em import (
+    Batch,
+    EpsilonRule,
+    ValueTarget,
+    beta_epsilon,
+    detached_sample,
+    executed,
+    fixed_epsilon,
+    hard_value_target,
+    load_optimizer_state,
+    soft_value_target,
+)
 from virel_ppl.guides import PolicyGuide
-from virel_ppl.models import Prior
+from virel_ppl.models import pseudo_likelihood_model, virel_model
 from virel_ppl.nets import mlp
 
-if TYPE_CHECKING:
-    from virel_ppl.agent import VirelAgent
+Stats = dict[str, torch.Tensor]
 
 
 # --- MPO: the old policy as the prior ---------------------------------------------------------------------------
@@ -53,7 +69,11 @@ class OldPolicy:
         self.net = copy.deepcopy(policy).requires_grad_(False)
         if hasattr(policy, "box"):  # the same action box object, not a copy (policy_kl relies on it; it never changes)
             self.net.box = policy.box
-        self.updates = 0
+        # the count of updates stays on the device, and the copy is a select on it: no host branch, so a CUDA
+        # graph holds the whole step
+        device = next(policy.parameters()).device
+        self.updates = torch.zeros((), dtype=torch.long, device=device)
+        self._pairs = list(zip(self.net.state_dict().values(), policy.state_dict().values(), strict=True))
 
     def distribution(self, states: torch.Tensor) -> Distribution:
         """π_old(·|s). Its parameters carry no gradient; its log-density stays differentiable in the action."""
@@ -66,24 +86,17 @@ class OldPolicy:
         self.updates += 1
         if self.period == 0:
             torch._foreach_lerp_(list(self.net.parameters()), list(self.policy.parameters()), self.tau)
-        elif self.updates % self.period == 0:
-            self.net.load_state_dict(self.policy.state_dict())
+            return
+        due = self.updates % self.period == 0
+        for old, new in self._pairs:
+            old.copy_(torch.where(due, new, old))
 
     def state_dict(self) -> dict:
-        return {"net": self.net.state_dict(), "updates": self.updates}
+        return {"net": self.net.state_dict(), "updates": int(self.updates)}
 
     def load_state_dict(self, state: dict) -> None:
         self.net.load_state_dict(state["net"])
-        self.updates = state["updates"]
-
-
-def old_policy(agent: VirelAgent, period: int) -> OldPolicy:
-    """The agent's π_old: ``--old-policy-period`` (or the preset's ``period`` when that is None) and
-    ``--old-policy-tau``."""
-    cfg = agent.config
-    return OldPolicy(
-        agent.policy, period if cfg.old_policy_period is None else cfg.old_policy_period, cfg.old_policy_tau
-    )
+        self.updates.fill_(int(state["updates"]))
 
 
 # --- SAC: the temperature tuned to a target entropy -------------------------------------------------------------
@@ -124,7 +137,7 @@ class Temperature:
         """One gradient step on log α from fresh actions of π_θ; returns α and the entropy estimate."""
         with torch.no_grad():
             d = policy.distribution(states)
-            log_pi = d.log_prob(_sample(d))  # rsample where there is one: no host check of the scale
+            log_pi = d.log_prob(detached_sample(d))  # rsample where there is one: no host check of the scale
         loss = -(self.log_alpha.exp() * (log_pi + self.target_entropy)).mean()
         self.optim.zero_grad(set_to_none=True)
         loss.backward()
@@ -178,7 +191,7 @@ def hard_soft_value_target(alpha: float) -> ValueTarget:
 
     def target(critic: Critic, policy: PolicyGuide, states: torch.Tensor) -> torch.Tensor:
         d = policy.distribution(states)
-        a = _sample(d)  # rsample where there is one: no host check of the scale
+        a = detached_sample(d)  # rsample where there is one: no host check of the scale
         q_hard, q_soft = critic.twin_q(states, executed(policy, a))
         return torch.stack([q_hard, q_soft - alpha * d.log_prob(a)])
 
@@ -291,53 +304,189 @@ def policy_kl(
         return (old.log_prob(samples) - log_new).mean()
 
 
-def nonparametric_mpo_after_update(agent: VirelAgent, batch: Batch) -> dict[str, torch.Tensor]:
-    """After an ``mpo_np`` update: log KL(π_old ‖ π_θ) as it stands after the step, then π_old's slow update."""
-    old_policy = agent.extras["old_policy"]
-    with torch.no_grad():
-        old = old_policy.distribution(batch.obs).expand([2, batch.obs.shape[0]])
-        kl = policy_kl(old, agent.policy.distribution(batch.obs).expand(old.batch_shape), _sample(old))
-    old_policy.step()
-    return {"mpo/kl": kl, **agent.extras["mpo"].last}
-
-
-def nonparametric_mpo(agent: VirelAgent) -> NonparametricMPO:
-    """The agent's non-parametric MPO step, built from its config."""
-    cfg = agent.config
-    return NonparametricMPO(
-        cfg.mpo_num_actions,
-        cfg.mpo_kl_bound,
-        cfg.alpha,
-        cfg.mpo_eta_bound,
-        cfg.dual_lr,
-        agent.device,
-        capturable=agent.capturable,
-    )
-
-
 # --- pseudo-likelihood EM: the policy is the model's prior ----------------------------------------------------
-
-
-def policy_prior(policy: PolicyGuide) -> Prior:
-    """p_θ(a|s) = π_θ(a|s) as the model's prior, its parameters registered with Pyro (learnt by ML)."""
-
-    def prior(states: torch.Tensor) -> Distribution:
-        pyro.module(policy.pyro_name, policy)
-        return policy.distribution(states)
-
-    return prior
 
 
 def no_guide(states: torch.Tensor, **model_kwargs) -> None:
     """The guide of a model without latent sites: SVI on it is maximum likelihood."""
 
 
-def sampled_advantages(agent: VirelAgent, batch: Batch) -> dict[str, torch.Tensor]:
+def sampled_advantages(critic: Critic, gamma: float, batch: Batch) -> dict[str, torch.Tensor]:
     """Pseudo-likelihood inputs: the buffer's actions and their sampled one-step returns less a baseline,
     R̂ = r + γ(1 − terminated) V̄(s') − V(s), standardised over the batch — so ε = alpha is in units of the
     batch's spread of R̂ (reward-weighted regression with an adaptive temperature η = alpha · std R̂)."""
     with torch.no_grad():
-        next_value = agent.critic.target_value(batch.next_obs)
-        advantage = bellman_target(batch.rewards, batch.terminated, next_value, agent.config.gamma)
-        advantage = advantage - agent.critic.value(batch.obs)
+        next_value = critic.target_value(batch.next_obs)
+        advantage = bellman_target(batch.rewards, batch.terminated, next_value, gamma)
+        advantage = advantage - critic.value(batch.obs)
         return {"actions": batch.actions, "returns": (advantage - advantage.mean()) / advantage.std().clamp_min(1e-6)}
+
+
+# --- the variants --------------------------------------------------------------------------------------------
+
+
+class Variant:
+    """VIREL Alg. 1 (VIREL1): uniform prior, fixed ε = α, twin hard Q, hard value target E_π[Q].
+
+    The base of every variant. Built by the agent once its policy and critic exist; ``capturable``: optimisers a
+    variant builds keep their step counters on the device (the agent will capture its update as a CUDA graph).
+    """
+
+    description = "VIREL Alg. 1 (VIREL1): uniform prior, fixed ε = α, twin hard Q, hard value target E_π[Q]."
+    model: Callable = staticmethod(virel_model)
+    critic_class: type[Critic] = Critic
+    replaces_elbo = False  #: whether ``loss`` replaces the --elbo estimator (known before the variant is built)
+    state: tuple[str, ...] = ()  #: attributes saved with the agent (each has ``state_dict``/``load_state_dict``)
+
+    def __init__(
+        self, config: Config, policy: PolicyGuide, critic: Critic, box: ActionBox, capturable: bool = False
+    ) -> None:
+        self.config, self.policy, self.critic, self.box = config, policy, critic, box
+        self.device, self.capturable = torch.device(config.device), capturable
+        self.guide: Callable = policy.guide
+        self.loss: ELBO | Callable | None = None
+        self.eps: EpsilonRule = fixed_epsilon(config.alpha)
+        self.value_target: ValueTarget = hard_value_target
+
+    def prior(self, states: torch.Tensor) -> Distribution:
+        """p(a|s): uniform on the action box."""
+        return self.box.uniform()
+
+    def model_inputs(self, batch: Batch) -> dict:
+        """Keyword arguments of the model beyond q, eps and prior (none)."""
+        return {}
+
+    def after_update(self, batch: Batch) -> Stats:
+        """The variant's own step after each update (none); returns statistics to log."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {name: getattr(self, name).state_dict() for name in self.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in self.state:
+            if name not in state:
+                raise KeyError(f"The checkpoint has no {name!r} state of the {self.config.algo!r} variant.")
+            getattr(self, name).load_state_dict(state[name])
+
+
+class Beta(Variant):
+    description = "VIREL Alg. 2: ε_ω = (1 − γ)/r_avg · TD-MSE from the critic's residual."
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.eps = beta_epsilon(self.config.gamma, self.config.resolved_beta_scale())
+
+
+class Sac(Variant):
+    description = "SAC: fixed α = ε, soft value target E_π[Q − α log π] (entropy inside the backup), twin Q."
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.value_target = soft_value_target(self.config.alpha)
+
+
+class SacAuto(Variant):
+    description = "SAC with α tuned to a target entropy (--target-entropy, default −action_dim)."
+    state = ("alpha",)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        cfg = self.config
+        self.alpha = Temperature(
+            cfg.alpha, self.box.dim, cfg.target_entropy, cfg.dual_lr, self.device, capturable=self.capturable
+        )
+        self.value_target = soft_value_target(self.alpha)
+        self.eps = self.alpha.epsilon_rule
+
+    def after_update(self, batch: Batch) -> Stats:
+        return self.alpha.update(self.policy, batch.obs)
+
+
+class Mpo(Variant):
+    description = "MPO (VIREL App. G): prior π_old, so the ELBO is E[Q]/ε − KL(π_θ‖π_old); π_old follows π_θ slowly."
+    state = ("old_policy",)
+    period = 1000  #: updates between copies of π_θ into π_old, unless --old-policy-period says otherwise
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        cfg = self.config
+        period = self.period if cfg.old_policy_period is None else cfg.old_policy_period
+        self.old_policy = OldPolicy(self.policy, period, cfg.old_policy_tau)
+
+    def prior(self, states: torch.Tensor) -> Distribution:
+        return self.old_policy.distribution(states)
+
+    def after_update(self, batch: Batch) -> Stats:
+        self.old_policy.step()
+        return {}
+
+
+class NonparametricMpo(Mpo):
+    description = "Classic MPO: MPO's model, but importance-weighted ML (η and KL bound by duals) in place of SVI."
+    state = ("old_policy", "mpo")
+    period = 100
+    replaces_elbo = True
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        cfg = self.config
+        self.mpo = NonparametricMPO(
+            cfg.mpo_num_actions,
+            cfg.mpo_kl_bound,
+            cfg.alpha,
+            cfg.mpo_eta_bound,
+            cfg.dual_lr,
+            self.device,
+            capturable=self.capturable,
+        )
+        self.loss, self.eps = self.mpo, self.mpo.epsilon_rule
+
+    def after_update(self, batch: Batch) -> Stats:
+        """Log KL(π_old ‖ π_θ) as it stands after the step, then π_old's slow update."""
+        with torch.no_grad():
+            old = self.old_policy.distribution(batch.obs).expand([2, batch.obs.shape[0]])
+            kl = policy_kl(old, self.policy.distribution(batch.obs).expand(old.batch_shape), detached_sample(old))
+        self.old_policy.step()
+        return {"mpo/kl": kl, **self.mpo.last}
+
+
+class Virel2(Variant):
+    description = "VIREL2 (AISTATS §5): one hard and one soft Q, each with its own value; min of the two in Q/ε."
+
+    critic_class = HardSoftCritic
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.value_target = hard_soft_value_target(self.config.alpha)
+
+
+class PseudoLikelihood(Variant):
+    description = "Reward-weighted EM: π_θ is the prior, weighted ML of buffer actions by exp(sampled return/ε)."
+    model = staticmethod(pseudo_likelihood_model)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.guide = no_guide
+
+    def prior(self, states: torch.Tensor) -> Distribution:
+        """p_θ(a|s) = π_θ(a|s), its parameters registered with Pyro (learnt by maximum likelihood)."""
+        pyro.module(self.policy.pyro_name, self.policy)
+        return self.policy.distribution(states)
+
+    def model_inputs(self, batch: Batch) -> dict:
+        return sampled_advantages(self.critic, self.config.gamma, batch)
+
+
+#: ``--algo`` name → variant class.
+VARIANTS: dict[str, type[Variant]] = {
+    "virel": Variant,
+    "virel1": Variant,
+    "beta": Beta,
+    "virel2": Virel2,
+    "mpo": Mpo,
+    "mpo_np": NonparametricMpo,
+    "sac": Sac,
+    "sac_auto": SacAuto,
+    "pseudo_likelihood": PseudoLikelihood,
+}
