@@ -1,19 +1,24 @@
-"""A new algorithm is a small model function plus one registry entry; the trainer does not change.
+"""A new algorithm is a small class in the variant registry; the trainer does not change.
 
     python examples/custom_variant.py                         # VIREL with a control cost on InvertedPendulum-v5
-    python examples/custom_variant.py --env Pendulum-v1 --total-steps 10000
+    python examples/custom_variant.py --config.algo virel_anneal --config.env Pendulum-v1
 
-The edit: the optimality likelihood gains a control cost, log p(O=1|s, a) = (Q(s, a) − c‖a‖²)/ε, so the
-posterior, and the policy fitted to it, prefer small actions. Guide, critic, targets and ε stay VIREL's.
+Two edits of VIREL (``virel_ppl.variants.Variant``):
+
+- ``virel_cost``, a model edit: the likelihood gains a control cost, log p(O=1|s, a) = (Q(s, a) − c‖a‖²)/ε, so the
+  posterior, and the policy fitted to it, prefer small actions;
+- ``virel_anneal``, a variant with state: ε anneals, ε_k = α · decay^k after k updates. The count is the
+  variant's own state (a tensor on the run's device, so a CUDA graph holds it), saved in checkpoints through
+  ``state``, so a resumed run continues the schedule exactly.
 """
 
 import pyro
 import torch
 import tyro
 
-from virel_ppl.agent import VARIANTS, Variant
 from virel_ppl.cli import TrainArgs, run_train
 from virel_ppl.config import Config
+from virel_ppl.variants import VARIANTS, Variant
 
 COST = 0.05  # c: the price of a unit of squared action, in units of Q
 
@@ -25,7 +30,44 @@ def control_cost_model(states: torch.Tensor, *, q, eps, prior) -> None:
         pyro.factor("O", (q(states, a) - COST * a.pow(2).sum(-1)) / eps)  # the one changed line
 
 
-VARIANTS["virel_cost"] = Variant(control_cost_model, description="VIREL with a control cost c‖a‖² in the likelihood.")
+class VirelCost(Variant):
+    description = "VIREL with a control cost c‖a‖² in the likelihood."
+    model = staticmethod(control_cost_model)
+
+
+class Annealing:
+    """ε_k = α · decay^k, k counted on the device; ``state_dict``/``load_state_dict`` as every piece of state has."""
+
+    def __init__(self, alpha: float, decay: float, device: torch.device) -> None:
+        self.alpha, self.decay = alpha, decay
+        self.updates = torch.zeros((), device=device)
+
+    def eps(self, td_mse: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:  # an ε rule, as em's are
+        return self.alpha * self.decay**self.updates
+
+    def state_dict(self) -> dict:
+        return {"updates": self.updates.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates.copy_(state["updates"])
+
+
+class VirelAnneal(Variant):
+    description = "VIREL with ε annealed geometrically over the updates."
+    state = ("annealing",)  # saved with the agent
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.annealing = Annealing(self.config.alpha, decay=0.999, device=self.device)
+        self.eps = self.annealing.eps
+
+    def after_update(self, batch) -> dict:
+        self.annealing.updates += 1
+        return {}
+
+
+VARIANTS["virel_cost"] = VirelCost
+VARIANTS["virel_anneal"] = VirelAnneal
 
 if __name__ == "__main__":
     run_train(tyro.cli(TrainArgs, default=TrainArgs(config=Config(algo="virel_cost"))))

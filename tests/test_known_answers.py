@@ -16,7 +16,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from virel_ppl.actions import ActionBox
-from virel_ppl.agent import VARIANTS, VirelAgent
+from virel_ppl.agent import VirelAgent
 from virel_ppl.config import Config
 from virel_ppl.critics import Critic, bellman_target
 from virel_ppl.em import Batch, beta_epsilon, e_step, hard_value_target, m_step, soft_value_target
@@ -170,11 +170,12 @@ def test_hard_value_target_is_the_q_of_the_sampled_action_exactly():
 
 def test_virel_presets_use_the_hard_target_and_sac_the_soft_one():
     box = ActionBox([-1.0], [1.0])
-    agent = VirelAgent(3, box, Config(algo="virel", hidden=(4,)))
-    assert agent.value_target is hard_value_target
-    assert VARIANTS["beta"].value_target(agent) is hard_value_target
-    assert VARIANTS["mpo"].value_target(agent) is hard_value_target
-    assert VARIANTS["sac"].value_target(agent).__qualname__.startswith("soft_value_target.")
+
+    def target(algo):
+        return VirelAgent(3, box, Config(algo=algo, hidden=(4,))).variant.value_target
+
+    assert target("virel") is target("beta") is target("mpo") is hard_value_target
+    assert target("sac").__qualname__.startswith("soft_value_target.")
 
 
 # --- the target network -----------------------------------------------------------------------------------------
@@ -505,13 +506,12 @@ def test_old_policy_copies_exactly_every_period_updates():
 def test_pseudo_likelihood_advantages_by_hand():
     """R̂ = r + γ(1 − d)V̄(s') − V(s) = [5.5, −2, 5, 7.5] − 3 = [2.5, −5, 2, 4.5]; mean 1, centred [1.5, −6, 1, 3.5],
     sample std √(51.5/3); the model gets R̂ standardised, and the buffer's actions."""
-    from virel_ppl.variants import sampled_advantages
 
     agent = VirelAgent(3, ActionBox([-1.0], [1.0]), Config(algo="pseudo_likelihood", hidden=(4,), gamma=GAMMA))
     _set_constant(agent.critic.v, 3.0)
     _set_constant(agent.critic.v_target, 5.0)
     batch = _batch()
-    inputs = sampled_advantages(agent, batch)
+    inputs = agent.variant.model_inputs(batch)
     std = math.sqrt(51.5 / 3)
     assert inputs["returns"].tolist() == pytest.approx([1.5 / std, -6 / std, 1 / std, 3.5 / std], rel=1e-5)
     assert inputs["actions"] is batch.actions

@@ -13,7 +13,7 @@ from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from torch.distributions import Normal, kl_divergence
 
 from virel_ppl.actions import ActionBox, TanhNormal
-from virel_ppl.agent import VARIANTS, Variant, VirelAgent
+from virel_ppl.agent import VirelAgent
 from virel_ppl.config import Config
 from virel_ppl.critics import Critic, bellman_target
 from virel_ppl.em import Batch, m_step, soft_value_target
@@ -22,10 +22,12 @@ from virel_ppl.logger import read_csv
 from virel_ppl.models import pseudo_likelihood_model, virel_model
 from virel_ppl.train import train
 from virel_ppl.variants import (
+    VARIANTS,
     HardSoftCritic,
     NonparametricMPO,
     OldPolicy,
     Temperature,
+    Variant,
     hard_soft_value_target,
     no_guide,
 )
@@ -332,20 +334,20 @@ def test_registry_presets_are_described_and_named_in_errors():
     assert {"virel", "virel1", "virel2", "beta", "mpo", "mpo_np", "sac", "sac_auto", "pseudo_likelihood"} <= set(
         VARIANTS
     )
-    assert all(isinstance(v, Variant) and v.description for v in VARIANTS.values())
+    assert all(issubclass(v, Variant) and v.description for v in VARIANTS.values())
     with pytest.raises(ValueError, match="Unknown algo 'sax'.*Did you mean sac"):
         VirelAgent(4, ActionBox([-1.0], [1.0]), Config(algo="sax", hidden=(8,)))
 
 
 def test_mpo_prior_is_the_frozen_old_policy_and_gets_no_gradient():
     agent = VirelAgent(4, ActionBox([-3.0], [3.0]), Config(algo="mpo", hidden=(8,)))
-    old = agent.extras["old_policy"]
+    old = agent.variant.old_policy
     states = torch.randn(5, 4)
     a = agent.policy.distribution(states).rsample()
-    agent.prior(states).log_prob(a).sum().backward()
+    agent.variant.prior(states).log_prob(a).sum().backward()
     assert all(p.grad is None for p in old.net.parameters())
     assert any(p.grad is not None for p in agent.policy.parameters())  # through the action, as the ELBO needs
-    assert isinstance(agent.prior(states), TanhNormal)
+    assert isinstance(agent.variant.prior(states), TanhNormal)
 
 
 def test_the_custom_variant_example_is_one_model_edit_and_trains(tmp_path):
@@ -366,8 +368,16 @@ def test_the_custom_variant_example_is_one_model_edit_and_trains(tmp_path):
     assert edited - plain == pytest.approx((-example["COST"] * a.pow(2).sum() / 0.5).item(), rel=1e-4)
     try:
         assert train(Config(algo="virel_cost", total_steps=150, run_dir=tmp_path, **TINY)).steps == 150
+        # the stateful example: ε_k = α · 0.999^k, and the count travels in the agent's state
+        batch = Batch(torch.randn(6, 3), torch.rand(6, 1), torch.randn(6), torch.randn(6, 3), torch.zeros(6))
+        config = Config(algo="virel_anneal", alpha=0.5, hidden=(8,))
+        agent = VirelAgent(3, box, config)
+        assert [float(agent.update(batch)["eps"]) for _ in range(3)] == pytest.approx([0.5, 0.4995, 0.5 * 0.999**2])
+        resumed = VirelAgent(3, box, config)
+        resumed.load_state_dict(agent.state_dict())
+        assert float(resumed.update(batch)["eps"]) == pytest.approx(0.5 * 0.999**3)
     finally:
-        del VARIANTS["virel_cost"]
+        del VARIANTS["virel_cost"], VARIANTS["virel_anneal"]
 
 
 def test_pseudo_likelihood_prefers_a_lottery_that_virel_declines():
@@ -396,9 +406,9 @@ def test_pseudo_likelihood_prefers_a_lottery_that_virel_declines():
 def test_each_mpo_preset_has_its_own_old_policy_period_unless_given():
     box = ActionBox([-3.0], [3.0])
     periods = {
-        (algo, given): VirelAgent(4, box, Config(algo=algo, hidden=(8,), old_policy_period=given))
-        .extras["old_policy"]
-        .period
+        (algo, given): VirelAgent(
+            4, box, Config(algo=algo, hidden=(8,), old_policy_period=given)
+        ).variant.old_policy.period
         for algo in ("mpo", "mpo_np")
         for given in (None, 0)
     }

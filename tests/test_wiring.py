@@ -416,15 +416,15 @@ PATHS = ["fast", "fast, sync-free", "SVI.step", "graph-ready"]
 
 def on_path(path: str, policy: PolicyGuide | None = None, **cfg) -> VirelAgent:
     """The agent at the fixed state, updating through one of its code paths: the fast E-step (on the CPU Pyro's
-    per-site floats; sync-free: kept as tensors, as on a GPU), ``SVI.step``, or the code a CUDA graph captures (static
-    buffers, capturable optimisers' code path), run without capturing."""
-    from virel_ppl.graphs import GraphedUpdate
+    per-site floats; sync-free: ``DeviceTrace_ELBO``, as a captured update on a GPU), ``SVI.step``, or the code a CUDA
+    graph captures (``graphs.CudaGraph``'s static buffers), run without capturing."""
+    from virel_ppl.em import DeviceTrace_ELBO
 
     agent = agent_at_fixed_state(policy, **cfg, **({"fast_update": False} if path == "SVI.step" else {}))
-    if path == "fast, sync-free":
-        agent.fast_e_step.sync_free = True
+    if path == "fast, sync-free":  # what a captured update runs for --elbo trace
+        agent.e_step.loss = DeviceTrace_ELBO(num_particles=1, vectorize_particles=True, max_plate_nesting=1)
     elif path == "graph-ready":
-        agent.graphed = GraphedUpdate(agent, capture=False)
+        agent.use_graph(capture=False)
     return agent
 
 

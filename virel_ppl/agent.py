@@ -90,8 +90,8 @@ class VirelAgent:
             )
         # Why the update cannot be one CUDA graph (None: it will be), known before any optimiser is built, so that
         # they keep their step counters on the device exactly when the update is captured (em.adam).
-        self.graph_refusal = _graph_refusal(config, self.device, estimator, self.policy)
-        capturable = self.graph_refusal is None
+        self.graph_refusal = why_not_captured(config, self.device, estimator, self.policy)
+        self.capturable = capturable = self.graph_refusal is None
         if capturable and type(estimator) is Trace_ELBO:  # the same loss, without a host read per site
             estimator = DeviceTrace_ELBO(
                 num_particles=estimator.num_particles,
@@ -116,8 +116,7 @@ class VirelAgent:
         # Speed is a wrapper from outside: on a GPU the whole update_step as one CUDA graph (graphs.py).
         self.graph: CudaGraph | None = None
         if capturable:
-            self.graph = CudaGraph(self._update_without_checks)
-            self._step = torch.zeros((), dtype=torch.long, device=self.device)
+            self.use_graph()
         elif config.cuda_graph and self.device.type == "cuda":
             announce_eager(self.graph_refusal)
 
@@ -150,9 +149,16 @@ class VirelAgent:
         self._step.fill_(step)  # a kernel argument, not a host read
         return self.graph(batch, self._step)
 
-    def _update_without_checks(self, batch: Batch, step: torch.Tensor) -> Stats:
-        with pyro.validation_enabled(False):  # argument checks read device values on the host (a sync each)
-            return self.update_step(batch, step)
+    def use_graph(self, capture: bool = True) -> None:
+        """Run :meth:`update` through ``graphs.CudaGraph`` from now on (done at start-up where the update can be
+        captured); ``capture=False`` runs the same static-buffer calls without a graph, on any device (the tests)."""
+
+        def update_without_checks(batch: Batch, step: torch.Tensor) -> Stats:
+            with pyro.validation_enabled(False):  # argument checks read device values on the host (a sync each)
+                return self.update_step(batch, step)
+
+        self.graph = CudaGraph(update_without_checks, capture=capture)
+        self._step = torch.zeros((), dtype=torch.long, device=self.device)
 
     @property
     def update_path(self) -> str:
@@ -198,7 +204,7 @@ class VirelAgent:
         self.variant.load_state_dict(state.get("extras", {}))
 
 
-def _graph_refusal(config: Config, device: torch.device, elbo: ELBO | None, policy: PolicyGuide) -> str | None:
+def why_not_captured(config: Config, device: torch.device, elbo: ELBO | None, policy: PolicyGuide) -> str | None:
     """Why this run's update will not be captured as a CUDA graph (None: it will be), known at start-up."""
     if device.type != "cuda":
         return "CUDA graphs exist only on CUDA devices"
@@ -208,13 +214,19 @@ def _graph_refusal(config: Config, device: torch.device, elbo: ELBO | None, poli
         return "--no-fast-update runs pyro.infer.SVI.step, whose loss is a host float every step"
     if elbo is None:
         return None
+    name = f"{type(elbo).__name__} (--elbo {config.elbo})"
+    if not hasattr(elbo, "differentiable_loss"):
+        return f"{name} has no differentiable_loss: its loss_and_grads returns a host float every step"
+    if isinstance(elbo, TraceEnum_ELBO):
+        return (
+            f"{name} enumerates: Pyro's Dice estimator tests its probabilities on the host and drops the zero ones "
+            "(a device sync and a data-dependent shape)"
+        )
     if type(elbo) is not Trace_ELBO:
-        why = "enumerates (Pyro's Dice estimator tests its probabilities on the host)"
-        if not isinstance(elbo, TraceEnum_ELBO):
-            why = "adds its loss up as host floats (Pyro's ELBOs do; only trace has a device-resident twin here)"
-        return f"{type(elbo).__name__} (--elbo {config.elbo}) {why}"
+        return (
+            f"{name} adds its loss up in host floats (one .item() per site); of Pyro's ELBOs only trace has a "
+            "device-resident version here (em.DeviceTrace_ELBO)"
+        )
     if not policy.has_rsample:
         return f"{type(policy).__name__} has no rsample: the device-resident ELBO needs a reparameterised guide"
     return None
-
-
