@@ -85,9 +85,9 @@ def plan_trials(args: argparse.Namespace):
 
 def check_args(args: argparse.Namespace) -> None:
     """One line for each bad input, before Ray starts."""
-    from virel_ppl.variants import VARIANTS
     from virel_ppl.baselines import BASELINES, require_sb3
     from virel_ppl.envs import check_env_id
+    from virel_ppl.variants import VARIANTS
 
     for env in args.tasks:
         check_env_id(env)
