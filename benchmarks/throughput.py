@@ -36,8 +36,7 @@ import pyro
 import torch
 
 from virel_ppl.config import Config
-from virel_ppl.em import adam, e_step, frozen, m_step
-from virel_ppl.graphs import update_path
+from virel_ppl.em import SVIStep, adam, frozen, m_step
 from virel_ppl.train import Trainer
 
 WARMUP = 1000
@@ -188,8 +187,9 @@ def e_step_costs(args, n: int, blocks: int = 9) -> dict[str, float]:
     agent = ours.trainer.agent
     batch = ours.trainer.replay.sample(args.batch)
     states = batch.obs
-    eps = agent.eps_rule(torch.zeros((), device=agent.device), batch.rewards)
-    kw = dict(eps=eps, q=agent.q_on_box, prior=agent.prior)
+    eps = agent.variant.eps(torch.zeros((), device=agent.device), batch.rewards)
+    kw = dict(eps=eps, q=agent.q_on_box, prior=agent.variant.prior)
+    svi = SVIStep(agent.variant.model, agent.variant.guide, agent.elbo, 1e-3, agent.config.fused_adam)
     other = Ours(_config(args, fused_adam=not Config.fused_adam)).trainer.agent
     torch_opt = adam(agent.policy.parameters(), 1e-3, agent.config.fused_adam)
 
@@ -203,16 +203,16 @@ def e_step_costs(args, n: int, blocks: int = 9) -> dict[str, float]:
             torch_opt.step()
 
     parts = {
-        OURS_E_STEP: lambda: agent._pyro_scoped(lambda: agent.fast_e_step.step(agent.critic, states, **kw)),
-        f"E-step, same with the other Adam kernel ({OTHER_KERNEL})": lambda: other._pyro_scoped(
-            lambda: other.fast_e_step.step(other.critic, states, eps=eps, q=other.q_on_box, prior=other.prior)
+        OURS_E_STEP: lambda: agent.e_step(agent.critic, states, **kw),
+        f"E-step, same with the other Adam kernel ({OTHER_KERNEL})": lambda: other.e_step(
+            other.critic, states, eps=eps, q=other.q_on_box, prior=other.variant.prior
         ),
-        f"E-step, Pyro SVI.step (--no-fast-update: one {SVI_KERNEL} Adam per tensor)": lambda: agent._pyro_scoped(
-            lambda: e_step(agent.svi, agent.critic, states, **kw)
+        f"E-step, Pyro SVI.step (--no-fast-update: one {SVI_KERNEL} Adam per tensor)": lambda: svi(
+            agent.critic, states, **kw
         ),
         TORCH_E_STEP: plain_torch,
         "M-step (critic), for scale": lambda: m_step(
-            agent.critic, agent.critic_optim, batch, agent.policy, 0.99, agent.value_target
+            agent.critic, agent.critic_optim, batch, agent.policy, 0.99, agent.variant.value_target
         ),
         "whole update (M + E + target + NaN record)": lambda: agent.update(batch),
     }
@@ -229,7 +229,7 @@ def e_step_costs(args, n: int, blocks: int = 9) -> dict[str, float]:
                     fn()
                 _sync(args.device)
                 times[name].append((time.perf_counter() - start) / n)
-    print(f"whole update ran as: {update_path(agent)}")
+    print(f"whole update ran as: {agent.update_path}")
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -274,7 +274,7 @@ def main() -> None:
             print(f"| {name} | {rate:.1f} |")
     for name, runner in runners.items():
         if isinstance(runner, Ours):
-            print(f"{name}: updates ran as {update_path(runner.trainer.agent)}")
+            print(f"{name}: updates ran as {runner.trainer.agent.update_path}")
     if args.vs_sb3:
         print(f"ratio_vs_sb3 {rates['virel_ppl'] / rates['SB3 SAC']:.2f}")
     print(f"estep_overhead {costs[OURS_E_STEP] / base:.2f}")

@@ -40,7 +40,7 @@ from virel_ppl.train import Trainer
 
 def agent_scope(trainer: Trainer):
     """The agent's own Pyro param store, as the trainer's E-step runs in it."""
-    return pyro.get_param_store().scope(trainer.agent.param_state)
+    return pyro.get_param_store().scope(trainer.agent.e_step.param_state)
 
 
 def _trainer(args) -> Trainer:
@@ -73,7 +73,8 @@ def _one_step(trainer: Trainer, timed: Callable) -> None:
         v_next = timed("M: V̄(s') (target value, no grad)", lambda: critic.target_value(batch.next_obs))
         q_target = bellman_target(batch.rewards, batch.terminated, v_next, gamma)
         v_target = timed(
-            "M: value target π(s), Q(s, a~π) (no grad)", lambda: agent.value_target(critic, agent.policy, batch.obs)
+            "M: value target π(s), Q(s, a~π) (no grad)",
+            lambda: agent.variant.value_target(critic, agent.policy, batch.obs),
         )
     q1, q2 = timed("M: twin Q(s, a) forward", lambda: critic.twin_q(batch.obs, batch.actions))
     v = timed("M: V(s) forward", lambda: critic.value(batch.obs))
@@ -87,12 +88,9 @@ def _one_step(trainer: Trainer, timed: Callable) -> None:
     q_loss, loss = timed("M: losses", losses)
     timed("M: backward", loss.backward)
     timed("M: Adam step", agent.critic_optim.step)
-    eps = timed("ε rule", lambda: agent.eps_rule(q_loss.detach(), batch.rewards))
-    kwargs = dict(eps=eps, q=agent.q_on_box, prior=agent.prior)
-    e_loss = timed(
-        "E-step (Pyro ELBO, backward, Adam)",
-        lambda: agent._pyro_scoped(lambda: agent.fast_e_step.step(critic, batch.obs, **kwargs)),
-    )
+    eps = timed("ε rule", lambda: agent.variant.eps(q_loss.detach(), batch.rewards))
+    kwargs = dict(eps=eps, q=agent.q_on_box, prior=agent.variant.prior)
+    e_loss = timed("E-step (Pyro ELBO, backward, Adam)", lambda: agent.e_step(critic, batch.obs, **kwargs))
     timed("target update (Polyak)", lambda: critic.update_target(trainer.config.tau))
     stats = {"critic/q_loss": q_loss.detach(), "actor/loss": e_loss, "eps": eps}
     timed("NaN record", lambda: agent.nonfinite.record(stats.values(), trainer.step))
@@ -164,9 +162,9 @@ def alternatives(trainer: Trainer, args) -> dict[str, Callable[[], object]]:
 def pyro_parts(trainer: Trainer, args) -> dict[str, Callable[[], object]]:
     """The E-step's loss with and without Pyro's machinery, on one fixed batch (forward only, then with backward)."""
     agent = trainer.agent
-    fe, policy, states = agent.fast_e_step, agent.policy, trainer.replay.sample(args.batch).obs
+    fe, policy, states = agent.e_step, agent.policy, trainer.replay.sample(args.batch).obs
     eps = torch.ones((), device=states.device)
-    kw = dict(eps=eps, q=agent.q_on_box, prior=agent.prior)
+    kw = dict(eps=eps, q=agent.q_on_box, prior=agent.variant.prior)
     guide_trace = poutine.trace(fe.guide).get_trace(states, **kw)
 
     def torch_loss():  # the same loss as plain torch: E[ε log π(a|s) − Q(s, clip a)] by rsample
