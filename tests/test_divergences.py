@@ -23,11 +23,11 @@ from pyro.infer import (
 from torch.distributions import kl_divergence
 
 from virel_ppl.actions import ActionBox, DiscreteActions
-from virel_ppl.agent import ELBOS
 from virel_ppl.cli import main
 from virel_ppl.config import Config
 from virel_ppl.divergences import (
     DIVERGENCES,
+    ELBOS,
     EnumELBO,
     ScaledRenyiELBO,
     ScaledTailAdaptiveELBO,

@@ -103,11 +103,6 @@ class ActionBox:
         """Clip to the box, as the environment does with out-of-range actions."""
         return torch.maximum(torch.minimum(action, self.high), self.low)
 
-    def validate(self, action: torch.Tensor) -> None:
-        """Raise ``ValueError`` when ``action`` does not end in this box's dimension."""
-        if action.shape[-1] != self.dim:
-            raise ValueError(f"Action has trailing dimension {action.shape[-1]}, the action box has {self.dim}.")
-
     def uniform(self) -> UniformBox:
         """VIREL's prior p(a|s): uniform on the box."""
         return UniformBox(self)
@@ -252,11 +247,6 @@ class DiscreteActions:
     def clip(self, action: torch.Tensor) -> torch.Tensor:
         """One-hot actions are always valid: nothing to clip."""
         return action
-
-    def validate(self, action: torch.Tensor) -> None:
-        """Raise ``ValueError`` when ``action`` is not one-hot of width ``n``."""
-        if action.shape[-1] != self.n:
-            raise ValueError(f"One-hot action has width {action.shape[-1]}, the action set has {self.n} actions.")
 
     def one_hot(self, index: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.one_hot(index.long(), self.n).float()

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 import tyro
 
-from virel_ppl.config import Config, ConfigError, RunWarning, check_device, preset_config
+from virel_ppl.config import Config, ConfigError, RunWarning, check_device, field_types, preset_config
 
 
 def user_errors(command: Callable[..., None]) -> Callable[..., None]:
@@ -106,7 +106,7 @@ def _other_value(value: Any, hint: Any) -> Any:
 def typed_config_fields(argv: Sequence[str]) -> set[str]:
     """The ``Config`` fields whose flags appear in ``argv`` (the arguments of ``train``), including those given
     their default value: parse twice, once with every default changed; a field is typed where both parses agree."""
-    hints = typing.get_type_hints(Config)
+    hints = field_types()
     shifted = Config(
         **{f.name: _other_value(getattr(Config(), f.name), hints[f.name]) for f in dataclasses.fields(Config)}
     )
@@ -243,20 +243,26 @@ def run_report(args: ReportArgs) -> None:
     print(f"report: {path} (plots beside it)")
 
 
-def _preset_train_args(argv: list[str]) -> TrainArgs | None:
-    """``virel_ppl train --preset NAME ...``: the preset's values (``config.PRESETS``, e.g. ``paper`` = VIREL App. I)
-    become the defaults, so flags given with it still win. None without ``--preset``."""
-    if not argv or argv[0] != "train" or not any(a == "--preset" or a.startswith("--preset=") for a in argv):
-        return None
-    i = next(i for i, a in enumerate(argv) if a == "--preset" or a.startswith("--preset="))
-    name = argv[i].partition("=")[2] or (argv[i + 1] if i + 1 < len(argv) else "")
-    rest = argv[1:i] + argv[i + (1 if "=" in argv[i] else 2) :]
-    env = tyro.cli(TrainArgs, args=rest, prog="virel_ppl train").config.env
+def _split_preset(args: Sequence[str]) -> tuple[str | None, list[str]]:
+    """``train``'s arguments with ``--preset NAME`` (or ``--preset=NAME``) taken out: ``(NAME, the others)``, NAME
+    None without ``--preset`` (and ``""`` for a ``--preset`` that ends the line)."""
+    for i, arg in enumerate(args):
+        if arg == "--preset":
+            return (args[i + 1] if i + 1 < len(args) else ""), [*args[:i], *args[i + 2 :]]
+        if arg.startswith("--preset="):
+            return arg.partition("=")[2], [*args[:i], *args[i + 1 :]]
+    return None, list(args)
+
+
+def _preset_train_args(name: str, args: list[str]) -> TrainArgs:
+    """``virel_ppl train --preset NAME ARGS``: the preset's values (``config.PRESETS``, e.g. ``paper`` = VIREL App. I)
+    become the defaults, so the flags in ``args`` still win."""
+    env = tyro.cli(TrainArgs, args=args, prog="virel_ppl train").config.env
     try:
         defaults = TrainArgs(config=preset_config(name, env=env))
     except ConfigError as err:
         raise SystemExit(f"error: {err}") from None
-    return tyro.cli(TrainArgs, args=rest, default=defaults, prog="virel_ppl train")
+    return tyro.cli(TrainArgs, args=args, default=defaults, prog="virel_ppl train")
 
 
 @dataclass
@@ -371,12 +377,14 @@ def main(argv: list[str] | None = None) -> None:
         "sweep": SweepArgs,
     }
     argv = list(sys.argv[1:] if argv is None else argv)
-    cmd = _preset_train_args(argv) or tyro.extras.subcommand_cli_from_dict(commands, args=argv, prog="virel_ppl")
+    # train's flags without --preset: the preset's values are defaults, not typed flags
+    preset, train_flags = _split_preset(argv[1:]) if argv[:1] == ["train"] else (None, [])
+    if preset is not None:
+        cmd = _preset_train_args(preset, train_flags)
+    else:
+        cmd = tyro.extras.subcommand_cli_from_dict(commands, args=argv, prog="virel_ppl")
     if isinstance(cmd, TrainArgs):
-        typed = argv[argv.index("train") + 1 :]
-        if "--preset" in typed:  # the preset's values are defaults, not typed flags
-            del typed[typed.index("--preset") : typed.index("--preset") + 2]
-        run_train(cmd, [a for a in typed if not a.startswith("--preset=")])
+        run_train(cmd, train_flags)
     elif isinstance(cmd, DiagnoseArgs):
         run_diagnose(cmd)
     elif isinstance(cmd, ReportArgs):

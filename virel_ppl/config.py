@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 # VIREL App. I, Table 1: the temperature is fixed (c = 1) and rewards are scaled per task instead.
 REWARD_SCALES: dict[str, float] = {"HalfCheetah": 5.0, "Hopper": 5.0, "Walker2d": 3.0}
@@ -44,6 +51,37 @@ class ConfigError(ValueError):
     ``ValueError``."""
 
 
+def close_names(
+    name: str, names: Iterable[str], n: int = 3, cutoff: float = 0.6, keep: Callable[[str], bool] | None = None
+) -> list[str]:
+    """Up to ``n`` of ``names`` closest to ``name`` (``difflib``), best first. ``keep``, when given, is a test each
+    suggestion must pass (e.g. that the environment builds here); it is tried on the 8 closest names at most."""
+    if keep is None:
+        return difflib.get_close_matches(name, list(names), n=n, cutoff=cutoff)
+    close: list[str] = []
+    for candidate in difflib.get_close_matches(name, list(names), n=max(n, 8), cutoff=cutoff):
+        if len(close) == n:
+            break
+        if keep(candidate):
+            close.append(candidate)
+    return close
+
+
+def did_you_mean(name: str, names: Iterable[str], **kwargs) -> str:
+    """``" Did you mean a, b?"`` with the :func:`close_names` of ``name`` (same keywords), or ``""`` without any."""
+    close = close_names(name, names, **kwargs)
+    return f" Did you mean {', '.join(close)}?" if close else ""
+
+
+def lookup(registry: Mapping[str, T], name: str, what: str, choices: Iterable[str] | None = None) -> T:
+    """``registry[name]``, or a ``ConfigError`` that names the unknown ``what`` (algo, guide, elbo, preset, ...),
+    lists the choices (``choices``, default the registry's names) and suggests close ones."""
+    if name in registry:
+        return registry[name]
+    choices = sorted(registry if choices is None else choices)
+    raise ConfigError(f"Unknown {what} {name!r}; choose from {', '.join(choices)}.{did_you_mean(name, choices)}")
+
+
 class RunWarning(UserWarning):
     """Something the user must know that does not stop the command (e.g. a checkpoint fallback, repeated seeds
     in a report). The command line prints it as one ``warning:`` line; in code it is a ``UserWarning``."""
@@ -70,6 +108,13 @@ def check_device(device: str) -> None:
         raise ConfigError(
             f"--device {device} was asked for but torch sees no MPS device (Apple-silicon GPU); use --device cpu."
         )
+
+
+def check_renyi_alpha(alpha: float) -> float:
+    """``alpha``, or ``ConfigError`` for α = 1, where the Rényi bound is the ELBO (``--elbo trace``)."""
+    if alpha == 1.0:
+        raise ConfigError("--renyi-alpha 1 is the KL divergence: use --elbo trace (Rényi needs α ≠ 1).")
+    return alpha
 
 
 class SpaceError(ConfigError, TypeError):
@@ -191,8 +236,7 @@ class Config:
             "checkpoint_every": self.checkpoint_every,
             "num_particles": 1 if self.num_particles is None else self.num_particles,
         }
-        if self.renyi_alpha == 1.0:
-            raise ConfigError("--renyi-alpha 1 is the KL divergence: use --elbo trace (Rényi needs α ≠ 1).")
+        check_renyi_alpha(self.renyi_alpha)
         if self.algo == "pseudo_likelihood" and self.elbo in ("renyi", "iwae"):
             raise ConfigError(
                 f"--algo pseudo_likelihood with --elbo {self.elbo}: that model has no latent action to bound (the "
@@ -282,21 +326,17 @@ class Config:
         return cls(**d)
 
 
-def lookup(registry: dict, name: str, what: str):
-    """``registry[name]``, or a ``ConfigError`` that lists the choices and suggests close names."""
-    if name in registry:
-        return registry[name]
-    close = difflib.get_close_matches(name, list(registry), n=3)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise ConfigError(f"Unknown {what} {name!r}; choose from {', '.join(sorted(registry))}.{hint}")
+@functools.cache
+def field_types() -> Mapping[str, Any]:
+    """Each :class:`Config` field's type, resolved from its annotation (``int | None``, ``tuple[int, ...]``, ...):
+    what the command line (``cli``) and sweeps (``sweep.parse_value``) read values as."""
+    return types.MappingProxyType(typing.get_type_hints(Config))
 
 
 def preset_config(name: str, **overrides) -> Config:
     """The :class:`Config` of preset ``name`` (``PRESETS``) with ``overrides`` on top. For ``paper`` the beta rule's
     λ comes from App. I's table for the task (``BETA_SCALES``, else ``PAPER_BETA_SCALE``) unless overridden."""
-    if name not in PRESETS:
-        raise ConfigError(f"Unknown preset {name!r}; choose from {', '.join(sorted(PRESETS))}.")
-    values = {**PRESETS[name], **overrides}
+    values = {**lookup(PRESETS, name, "preset"), **overrides}
     if name == "paper" and values.get("beta_scale") is None:
         values["beta_scale"] = BETA_SCALES.get(_task(values.get("env", Config.env)), PAPER_BETA_SCALE)
     return Config(**values)

@@ -33,7 +33,6 @@ reports the ELBO of the same particles.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -55,7 +54,7 @@ from pyro.infer.util import get_dependent_plate_dims, torch_sum
 from torch.distributions.kl import register_kl
 
 from virel_ppl.actions import UniformBox
-from virel_ppl.config import ConfigError
+from virel_ppl.config import ConfigError, check_renyi_alpha, lookup
 from virel_ppl.guides import BoxBeta, PolicyGuide
 
 #: Rényi order used when none is given (``Config.renyi_alpha``): mass-covering, between IWAE (0) and KL (1).
@@ -194,11 +193,13 @@ def _kl_box_beta_uniform_box(q: BoxBeta, p: UniformBox) -> torch.Tensor:
 class Divergence:
     """How to build one named estimator, and what it needs from the guide.
 
-    ``build(num_particles, renyi_alpha)`` returns the ELBO; ``default_particles`` is used when the run gives
+    ``build(num_particles, renyi_alpha)`` returns the ELBO, an instance of ``elbo_class`` (which tells an ``ELBO``
+    object passed in code to :func:`check_elbo` by its estimator); ``default_particles`` is used when the run gives
     none; ``min_particles``/``max_particles`` bound what makes sense.
     """
 
     build: Callable[[int, float], ELBO]
+    elbo_class: type[ELBO]
     description: str
     default_particles: int = 1
     min_particles: int = 1
@@ -212,36 +213,42 @@ def _vectorised(cls: type[ELBO]) -> Callable[[int, float], ELBO]:
 
 
 DIVERGENCES: dict[str, Divergence] = {
-    "trace": Divergence(_vectorised(Trace_ELBO), "KL(q‖p), reparameterised gradients (Trace_ELBO)"),
+    "trace": Divergence(_vectorised(Trace_ELBO), Trace_ELBO, "KL(q‖p), reparameterised gradients (Trace_ELBO)"),
     "meanfield": Divergence(
         _vectorised(TraceMeanField_ELBO),
+        TraceMeanField_ELBO,
         "KL(q‖p) with the prior KL in closed form where it exists (Gaussian, Beta) (TraceMeanField_ELBO)",
     ),
     "renyi": Divergence(
-        lambda n, alpha: ScaledRenyiELBO(alpha=alpha, num_particles=n),
+        lambda n, alpha: ScaledRenyiELBO(alpha=check_renyi_alpha(alpha), num_particles=n),
+        ScaledRenyiELBO,
         "Rényi α-divergence bound, α = --renyi-alpha (RenyiELBO)",
         default_particles=DEFAULT_MULTI_PARTICLES,
         min_particles=2,
     ),
     "iwae": Divergence(
         lambda n, alpha: ScaledRenyiELBO(alpha=0.0, num_particles=n),
+        ScaledRenyiELBO,
         "importance-weighted bound: Rényi α = 0 with num_particles samples (RenyiELBO)",
         default_particles=DEFAULT_MULTI_PARTICLES,
         min_particles=2,
     ),
     "tail_adaptive": Divergence(
         lambda n, alpha: ScaledTailAdaptiveELBO(num_particles=n),
+        ScaledTailAdaptiveELBO,
         "tail-adaptive f-divergence, per-state rank weights (TraceTailAdaptive_ELBO)",
         default_particles=DEFAULT_MULTI_PARTICLES,
         min_particles=2,
     ),
     "graph": Divergence(
         _vectorised(TraceGraph_ELBO),
+        TraceGraph_ELBO,
         "KL(q‖p), score-function gradients for guides without rsample (TraceGraph_ELBO)",
         needs_rsample=False,
     ),
     "enum": Divergence(
         lambda n, alpha: EnumELBO(),
+        EnumELBO,
         "KL(q‖p), exact sum over a discrete action set (TraceEnum_ELBO)",
         max_particles=1,
         needs_rsample=False,
@@ -255,26 +262,18 @@ ELBOS: dict[str, Callable[[int], ELBO]] = {
 }
 
 
-def _lookup(name: str) -> Divergence:
-    if name in DIVERGENCES:
-        return DIVERGENCES[name]
-    close = difflib.get_close_matches(name, list(DIVERGENCES), n=3)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise ConfigError(f"Unknown elbo {name!r}; choose from {', '.join(sorted([*DIVERGENCES, AUTO]))}.{hint}")
-
-
 def _guide_name(guide: PolicyGuide) -> str:
     return type(guide).__name__
 
 
-def _check_guide(what: str, needs_rsample: bool, needs_discrete: bool, guide: PolicyGuide) -> None:
+def _check_guide(what: str, spec: Divergence, guide: PolicyGuide) -> None:
     discrete = getattr(guide, "discrete", False)
-    if needs_discrete and not discrete:
+    if spec.needs_discrete and not discrete:
         raise ConfigError(
             f"--elbo {what} enumerates a discrete action set, but {_guide_name(guide)} is continuous; "
             "use --elbo trace (or renyi, iwae, tail_adaptive, graph) with a continuous guide."
         )
-    if needs_rsample and not getattr(guide, "has_rsample", True):
+    if spec.needs_rsample and not getattr(guide, "has_rsample", True):
         alternatives = (
             "--elbo enum (exact enumeration; what the default --elbo auto picks) or --elbo graph"
             if discrete
@@ -286,14 +285,19 @@ def _check_guide(what: str, needs_rsample: bool, needs_discrete: bool, guide: Po
         )
 
 
-def _check_particles(what: str, n: int, low: int, high: int | None) -> None:
+#: Why a multi-sample estimator needs two particles at least, by name.
+_ONE_PARTICLE = {
+    "renyi": "with one particle the Rényi bound is exactly the ELBO (use --elbo trace)",
+    "iwae": "with one particle the importance-weighted bound is exactly the ELBO (use --elbo trace)",
+    "tail_adaptive": "its weights rank particles against each other; one particle is Trace_ELBO",
+}
+
+
+def _check_particles(what: str, name: str, spec: Divergence, n: int) -> None:
+    low, high = spec.min_particles, spec.max_particles
     if n < low:
-        reason = {
-            "renyi": "with one particle the Rényi bound is exactly the ELBO (use --elbo trace)",
-            "iwae": "with one particle the importance-weighted bound is exactly the ELBO (use --elbo trace)",
-            "tail_adaptive": "its weights rank particles against each other; one particle is Trace_ELBO",
-        }.get(what, "")
-        raise ConfigError(f"--elbo {what} needs --num-particles >= {low} (e.g. 8), got {n}: {reason}.")
+        why = _ONE_PARTICLE.get(name, "")
+        raise ConfigError(f"--elbo {what} needs --num-particles >= {low} (e.g. 8), got {n}: {why}.")
     if high is not None and n > high:
         raise ConfigError(
             f"--elbo {what} is exact (a sum over every action), so more particles change nothing; "
@@ -301,41 +305,58 @@ def _check_particles(what: str, n: int, low: int, high: int | None) -> None:
         )
 
 
+def _check_spec(what: str, name: str, guide: PolicyGuide, n: int) -> Divergence:
+    """Check estimator ``name`` (shown as ``what``) with ``n`` particles against ``guide``, as DIVERGENCES declares."""
+    spec = DIVERGENCES[name]
+    _check_guide(what, spec, guide)
+    _check_particles(what, name, spec, n)
+    return spec
+
+
+#: Pyro estimators the E-step cannot use as they are, each with the one of ours to use instead.
+_PYRO_ONLY: tuple[tuple[type[ELBO], type[ELBO], str], ...] = (
+    (
+        TraceEnum_ELBO,
+        EnumELBO,
+        "A plain TraceEnum_ELBO does not know which site to enumerate; "
+        "use virel_ppl.divergences.EnumELBO(), which enumerates the guide's action site.",
+    ),
+    (
+        RenyiELBO,
+        ScaledRenyiELBO,
+        "pyro.infer.RenyiELBO computes its weights from scaled log-densities, so the E-step's "
+        "poutine.scale(ε/N) would change α; use virel_ppl.divergences.ScaledRenyiELBO(alpha, num_particles).",
+    ),
+    (
+        TraceTailAdaptive_ELBO,
+        ScaledTailAdaptiveELBO,
+        "pyro.infer.TraceTailAdaptive_ELBO reports an infinite loss (which the E-step rejects) and mis-ranks "
+        "its particles (pyro-ppl/pyro#3170); use virel_ppl.divergences.ScaledTailAdaptiveELBO(num_particles).",
+    ),
+)
+
+
+def _name_of(elbo: ELBO) -> str | None:
+    """The first DIVERGENCES name whose ``elbo_class`` is the closest base of ``elbo``'s class (None: none is)."""
+    for cls in type(elbo).__mro__:
+        for name, spec in DIVERGENCES.items():
+            if spec.elbo_class is cls:
+                return name
+    return None
+
+
 def check_elbo(elbo: ELBO, guide: PolicyGuide) -> ELBO:
-    """Check an ``ELBO`` object passed in code against a guide; returns it, or raises ``ValueError``."""
-    n = elbo.num_particles
-    if isinstance(elbo, TraceEnum_ELBO):
-        if not isinstance(elbo, EnumELBO):
-            raise ValueError(
-                "A plain TraceEnum_ELBO does not know which site to enumerate; "
-                "use virel_ppl.divergences.EnumELBO(), which enumerates the guide's action site."
-            )
-        _check_guide("enum", False, True, guide)
-        _check_particles("enum", n, 1, 1)
-    elif isinstance(elbo, TraceGraph_ELBO):
-        pass
-    elif isinstance(elbo, RenyiELBO):
-        if not isinstance(elbo, ScaledRenyiELBO):
-            raise ValueError(
-                "pyro.infer.RenyiELBO computes its weights from scaled log-densities, so the E-step's "
-                "poutine.scale(ε/N) would change α; use virel_ppl.divergences.ScaledRenyiELBO(alpha, num_particles)."
-            )
-        if not elbo.vectorize_particles:
-            raise ValueError("ScaledRenyiELBO must vectorise its particles (vectorize_particles=True).")
-        _check_guide("renyi", True, False, guide)
-        _check_particles("renyi", n, 2, None)
-    elif isinstance(elbo, TraceTailAdaptive_ELBO):
-        if not isinstance(elbo, ScaledTailAdaptiveELBO):
-            raise ValueError(
-                "pyro.infer.TraceTailAdaptive_ELBO reports an infinite loss (which the E-step rejects) and mis-ranks "
-                "its particles (pyro-ppl/pyro#3170); use virel_ppl.divergences.ScaledTailAdaptiveELBO(num_particles)."
-            )
-        if not elbo.vectorize_particles:
-            raise ValueError("TraceTailAdaptive_ELBO needs vectorize_particles=True.")
-        _check_guide("tail_adaptive", True, False, guide)
-        _check_particles("tail_adaptive", n, 2, None)
-    elif isinstance(elbo, Trace_ELBO):  # Trace_ELBO, TraceMeanField_ELBO
-        _check_guide("trace" if type(elbo) is Trace_ELBO else type(elbo).__name__, True, False, guide)
+    """Check an ``ELBO`` object passed in code against a guide, by the DIVERGENCES entry of its class; returns it,
+    or raises ``ValueError``. An ELBO of no listed class is returned unchecked."""
+    for pyro_cls, ours, why in _PYRO_ONLY:
+        if isinstance(elbo, pyro_cls) and not isinstance(elbo, ours):
+            raise ValueError(why)
+    if isinstance(elbo, (ScaledRenyiELBO, ScaledTailAdaptiveELBO)) and not elbo.vectorize_particles:
+        raise ValueError(f"{type(elbo).__name__} must vectorise its particles (vectorize_particles=True).")
+    name = _name_of(elbo)
+    if name is not None:
+        what = name if type(elbo) is DIVERGENCES[name].elbo_class else type(elbo).__name__
+        _check_spec(what, name, guide, elbo.num_particles)
     return elbo
 
 
@@ -372,10 +393,7 @@ def make_elbo(
         return check_elbo(elbo, guide)
     name = resolve_elbo_name(elbo, guide)
     what = name if name == elbo else f"{elbo} (here {name})"
-    spec = _lookup(name)
+    spec = lookup(DIVERGENCES, name, "elbo", choices=[*DIVERGENCES, AUTO])
     n = spec.default_particles if num_particles is None else num_particles
-    _check_guide(what, spec.needs_rsample, spec.needs_discrete, guide)
-    _check_particles(what, n, spec.min_particles, spec.max_particles)
-    if name == "renyi" and renyi_alpha == 1.0:
-        raise ConfigError("--renyi-alpha 1 is the KL divergence: use --elbo trace (Rényi needs α ≠ 1).")
-    return spec.build(n, renyi_alpha)
+    _check_spec(what, name, guide, n)
+    return spec.build(n, renyi_alpha)  # renyi's build checks α ≠ 1 (config.check_renyi_alpha)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import functools
 import importlib
 import pickle
@@ -16,7 +15,7 @@ from gymnasium import spaces
 from gymnasium.envs.registration import parse_env_id
 
 from virel_ppl.actions import ActionBox, DiscreteActions
-from virel_ppl.config import ConfigError, SpaceError
+from virel_ppl.config import ConfigError, SpaceError, did_you_mean
 
 _ONCE = ("settotalmass",)  # MuJoCo ≥ 3.4 warns at every compile of Gymnasium's HalfCheetah/... XML: say it once
 _shown_once: set[str] = set()
@@ -51,9 +50,7 @@ def check_env_id(env_id: str) -> None:
             ) from None
     if env_id in gym.registry:
         return
-    candidates = difflib.get_close_matches(env_id, list(gym.registry), n=8, cutoff=0.5)
-    close = [c for c in candidates if build_error(c) is None][:3]
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    hint = did_you_mean(env_id, gym.registry, cutoff=0.5, keep=lambda c: build_error(c) is None)
     raise ConfigError(f"Unknown Gymnasium environment {env_id!r}.{hint}")
 
 

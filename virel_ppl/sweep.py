@@ -28,13 +28,15 @@ import os
 import shutil
 import socket
 import sys
+import types
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from virel_ppl.config import Config, ConfigError
+from virel_ppl.config import Config, ConfigError, did_you_mean, field_types
 
 #: Grid fields with their own command-line flag (``--envs``, ``--algos``, ...), in run-name order.
 NAMED_AXES = ("env", "algo", "guide", "elbo", "seed")
@@ -80,56 +82,65 @@ def _split_top_level(text: str) -> list[str]:
     return [p.strip() for p in parts]
 
 
-def _field_types() -> dict[str, str]:
-    return {f.name: str(f.type) for f in dataclasses.fields(Config)}
+#: An example value of each type a sweep can set, for the error of a value that does not parse.
+_EXAMPLES: dict[Any, str] = {int: "3", float: "0.001", bool: "true", str: "name"}
+
+
+def _parse_as(kind: Any, text: str) -> Any:
+    """``text`` as a value of ``kind`` (one of Config's field types, ``None`` aside); ``ValueError`` or ``TypeError``
+    when it is not one, ``NotImplementedError`` for a type a sweep cannot set."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if kind is bool:
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(text)
+        return text.lower() in ("true", "1")
+    if kind is int:  # 64, 64.0 and 1e4 alike
+        value = float(text)
+        if not value.is_integer():
+            raise ValueError(text)
+        return int(value)
+    if kind in (float, str):
+        return kind(text)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:  # JSON list, e.g. [64,64]
+        value = json.loads(text)
+        if not isinstance(value, list) or not all(type(v) is args[0] for v in value):
+            raise ValueError(text)
+        return tuple(value)
+    if origin is dict:  # JSON object, e.g. {"mpo_kl_weight":2}
+        value = json.loads(text)
+        if not isinstance(value, dict):
+            raise ValueError(text)
+        return {args[0](k): args[1](v) for k, v in value.items()}
+    raise NotImplementedError(kind)
 
 
 def parse_value(name: str, text: str) -> Any:
-    """One value of Config field ``name`` from its text (numbers, ``none``, ``true``, JSON lists and dicts)."""
-    kind = _field_types()[name]
+    """One value of Config field ``name`` from its text (numbers, ``none``, ``true``, JSON lists and dicts), read
+    as the field's type (``config.field_types``)."""
+    kind = field_types()[name]
+    shown = next(f.type for f in dataclasses.fields(Config) if f.name == name)  # as written: "int | None"
+    union = typing.get_origin(kind) in (typing.Union, types.UnionType)
+    options = typing.get_args(kind) if union else (kind,)
+    (base,) = [k for k in options if k is not type(None)]  # Config's fields are T or T | None
     where = f"--set {name}={text}"
     if text.lower() in ("none", "null"):
-        if "None" not in kind:
+        if type(None) not in options:
             raise SweepError(f"{where}: {name} cannot be None.")
         return None
-    base = kind.replace(" | None", "")
     try:
-        if base == "bool":
-            if text.lower() not in ("true", "false", "1", "0"):
-                raise ValueError
-            return text.lower() in ("true", "1")
-        if base == "int":
-            value = float(text)
-            if not value.is_integer():
-                raise ValueError
-            return int(value)
-        if base == "float":
-            return float(text)
-        if base == "str":
-            return text
-        value = json.loads(text)
-        if base.startswith("tuple"):
-            if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
-                raise ValueError
-            return tuple(value)
-        if base.startswith("dict"):
-            if not isinstance(value, dict):
-                raise ValueError
-            return {str(k): float(v) for k, v in value.items()}
+        return _parse_as(base, text)
     except (ValueError, TypeError):
         pass
-    else:
-        raise SweepError(f"{where}: fields of type {kind} cannot be set in a sweep.")
-    example = {"int": "3", "float": "0.001", "bool": "true", "str": "name"}.get(
-        base, "[64,64]" if "tuple" in base else ""
-    )
+    except NotImplementedError:
+        raise SweepError(f"{where}: fields of type {shown} cannot be set in a sweep.") from None
+    example = _EXAMPLES.get(base, "[64,64]" if typing.get_origin(base) is tuple else "")
     hint = f" (e.g. {name}={example})" if example else ' (JSON, e.g. {"key":1.0})'
-    raise SweepError(f"{where}: {text!r} is not a valid {kind}{hint}.")
+    raise SweepError(f"{where}: {text!r} is not a valid {shown}{hint}.")
 
 
 def parse_set(items: Sequence[str]) -> dict[str, list]:
     """``["batch_size=32,64", "hidden=[64,64],[256,256]"]`` → ``{"batch_size": [32, 64], "hidden": [...]}``."""
-    fields = _field_types()
+    fields = field_types()
     out: dict[str, list] = {}
     for item in items:
         name, sep, values = item.partition("=")
@@ -137,11 +148,7 @@ def parse_set(items: Sequence[str]) -> dict[str, list]:
         if not sep or not values.strip():
             raise SweepError(f"--set {item}: write FIELD=VALUE[,VALUE...], e.g. --set batch_size=64,256.")
         if name not in fields:
-            import difflib
-
-            close = difflib.get_close_matches(name, list(fields), n=3)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise SweepError(f"--set {item}: Config has no field {name!r}.{hint}")
+            raise SweepError(f"--set {item}: Config has no field {name!r}.{did_you_mean(name, fields)}")
         if name in RESERVED:
             raise SweepError(f"--set {item}: a sweep puts each run in ROOT/<trial name>; use --root.")
         if name in out:
@@ -172,10 +179,10 @@ def plan(
     combination raises ``ConfigError`` here, before any trial starts.
     """
     base = base or Config()
-    fields = _field_types()
+    fields = field_types()
     for name, values in grid.items():
         if name not in fields:
-            raise SweepError(f"Config has no field {name!r}.")
+            raise SweepError(f"Config has no field {name!r}.{did_you_mean(name, fields)}")
         if name in RESERVED:
             raise SweepError("A sweep puts each run in ROOT/<trial name>: run_dir cannot be swept.")
         if isinstance(values, str) or not isinstance(values, Sequence) or len(values) == 0:
