@@ -130,8 +130,8 @@ class Config:
     """Gymnasium environment id: a Box action space (MuJoCo v5 tasks, Pendulum-v1, ...), or Discrete with
     --guide categorical (CartPole-v1, ...)."""
     algo: str = "virel"
-    """Algorithm preset from ``virel_ppl.variants.VARIANTS``: virel (= virel1), beta, virel2, mpo, mpo_np, sac, sac_auto,
-    pseudo_likelihood; see docs/variants.md."""
+    """Algorithm preset from ``virel_ppl.variants.VARIANTS``: virel (= virel1), beta, virel2, mpo, mpo_np, sac,
+    sac_auto, pseudo_likelihood; see docs/variants.md."""
     guide: str = "tanh_normal"
     """Policy family (``virel_ppl.guides.GUIDES``): tanh_normal, gaussian, beta, mixture, flow, categorical."""
     elbo: str = "auto"
