@@ -403,3 +403,12 @@ def test_no_runtime_import_circle():
     assert (
         "virel_ppl.train" not in graph["virel_ppl.diagnostics"] and "virel_ppl.checkpoints" in graph["virel_ppl.train"]
     )
+
+
+def test_the_loop_imports_no_diagnostics_and_evaluation_no_training():
+    """The trainer's diagnostics come in as a hook (train.py plugs them in); the SB3 baseline evaluates as ours do
+    without importing the training loop."""
+    imports = {m: _runtime_imports(ROOT / "virel_ppl" / f"{m}.py", "virel_ppl") for m in ("trainer", "baselines")}
+    assert not {"virel_ppl.diagnostics", "virel_ppl.train"} & imports["trainer"]
+    assert not {"virel_ppl.train", "virel_ppl.trainer"} & imports["baselines"]
+    assert "virel_ppl.evaluation" in imports["baselines"]

@@ -69,6 +69,19 @@ def train(
     in ``checkpoints.RESUMABLE`` (e.g. a larger ``total_steps``), anything else raises ``CheckpointError``. A new run
     refuses a ``run_dir`` that already holds a run unless ``overwrite`` (which removes that run's files first).
     """
+    config, state, ckpt_path = _run_config(config, resume, overrides, overwrite)
+    trainer = Trainer(config, policy_factory=policy_factory, elbo=elbo)
+    if state is not None:
+        trainer.load_state_dict(state)
+        trainer.keep_previous = ckpt_path.name == CHECKPOINT  # else the next save replaces the unreadable one
+    logger = _open_run_dir(trainer, resumed=state is not None, clean=overwrite)
+    return trainer.run(logger, hooks, on_evaluate=[log_diagnostics(logger)])
+
+
+def _run_config(
+    config: Config | None, resume: Path | str | None, overrides: dict | None, overwrite: bool
+) -> tuple[Config, dict | None, Path | None]:
+    """The config to run, and for a resume the checkpoint's state and path (which may be the previous one)."""
     if resume is not None:
         if overwrite:
             raise ConfigError("--overwrite starts a new run; it cannot be combined with --resume.")
@@ -81,24 +94,24 @@ def train(
     elif config is None:
         raise ValueError("train() needs a config or a run directory to resume.")
     else:
-        state = None
+        state, ckpt_path = None, None
         config = replace(config, **(overrides or {}))
         if config.run_dir is None:
             config = replace(config, run_dir=_default_run_dir(config))
         guard_run_dir(Path(config.run_dir), overwrite)
-    config = replace(config, run_dir=Path(config.run_dir))
-    trainer = Trainer(config, policy_factory=policy_factory, elbo=elbo)
-    if state is not None:
-        trainer.load_state_dict(state)
-        trainer.keep_previous = ckpt_path.name == CHECKPOINT  # else the next save replaces the unreadable one
-    run_dir = config.run_dir
-    prepare_run_dir(run_dir, clean=overwrite)
+    return replace(config, run_dir=Path(config.run_dir)), state, ckpt_path
+
+
+def _open_run_dir(trainer: Trainer, resumed: bool, clean: bool) -> RunLogger:
+    """Create (or, with ``clean``, empty) the run directory, write config.json and open the logs; a resumed run's
+    logs drop the rows after its checkpoint."""
+    run_dir = trainer.config.run_dir
+    prepare_run_dir(run_dir, clean=clean)
     try:
         (run_dir / "config.json").write_text(json.dumps(trainer.config.to_dict(), indent=2))  # guides from code too
-        logger = RunLogger(run_dir, config.tensorboard, resume_step=trainer.step if state is not None else None)
+        return RunLogger(run_dir, trainer.config.tensorboard, resume_step=trainer.step if resumed else None)
     except OSError as err:
         raise unwritable_run_dir(run_dir, err) from None
-    return trainer.run(logger, hooks, on_evaluate=[log_diagnostics(logger)])
 
 
 def log_diagnostics(logger: RunLogger) -> Hook:
