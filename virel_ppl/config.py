@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from virel_ppl.schedule import UpdateSchedule
+
 # VIREL App. I, Table 1: the temperature is fixed (c = 1) and rewards are scaled per task instead.
 REWARD_SCALES: dict[str, float] = {"HalfCheetah": 5.0, "Hopper": 5.0, "Walker2d": 3.0}
 # λ of the beta rule. App. I's table gives λ ≈ (1 − γ)/r_avg as 4e-4 for Humanoid and 4e-3 for all other tasks. By
@@ -240,17 +242,9 @@ class Config:
         self._check_updates_happen()
 
     def first_update_step(self) -> int | None:
-        """The environment step of the run's first gradient update, or None when the run ends before it.
-
-        Mirrors ``Trainer.updates_due``: after the step counter reaches ``max(warmup_steps, batch_size)``, every
-        step adds ``updates_per_step`` to a credit and an update is due once the credit reaches 1.
-        """
-        credit = 0.0
-        for step in range(max(self.warmup_steps, self.batch_size, 1), self.total_steps + 1):
-            credit += self.updates_per_step
-            if int(credit) >= 1:
-                return step
-        return None
+        """The environment step of the run's first gradient update, or None when the run ends before it: the
+        trainer's own schedule (``schedule.UpdateSchedule``), played forward."""
+        return UpdateSchedule.of(self).first_update(self.total_steps)
 
     def _check_updates_happen(self) -> None:
         if self.first_update_step() is not None:
@@ -260,7 +254,7 @@ class Config:
         if self.updates_per_step < 1:
             why += f" = {start}, and --updates-per-step {self.updates_per_step} takes more steps to make one"
             longer = dataclasses.replace(self, total_steps=start + math.ceil(1 / self.updates_per_step) + 1)
-            start = longer.first_update_step()  # as Trainer.updates_due adds it up, float rounding included
+            start = longer.first_update_step()  # as the schedule adds it up, float rounding included
         raise ConfigError(
             f"No gradient update would happen: --total-steps {self.total_steps} ends before the first update at "
             f"step {start} ({why}). Raise --total-steps to at least {start}, or lower --warmup-steps "
