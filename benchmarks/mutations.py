@@ -10,7 +10,7 @@ Three kinds of mutants of ``virel_ppl/{em,critics,models,variants}.py`` and ``vi
 
 - **listed**: hand-written edits that a plausible bug would make (issue 14's table and the ones it says were
   caught), each an exact text replacement;
-- **wiring** (``WIRING``, also in ``agent.py``, ``train.py``, ``config.py``, ``cli.py``): a setting dropped at its
+- **wiring** (``WIRING``, also in ``agent.py``, ``trainer.py``, ``config.py``, ``cli.py``): a setting dropped at its
   point of use, a per-task value replaced by its default, two arguments swapped — what a refactor's slip does;
 - **generated**: from the AST, one edit per mutant: ``+``↔``-`` and ``*``↔``/``, swapped operands of ``-`` and
   ``/``, a dropped right operand, a dropped unary minus or ``not``, a number changed (0 → 1, n → n + 1 for
@@ -213,8 +213,9 @@ WIRING: list[tuple[str, str, str, str]] = [
      "E-step scores unclipped actions"),
     ("virel_ppl/agent.py", 'variant.eps(stats["critic/td_mse"], batch.rewards)',
      'variant.eps(batch.rewards, stats["critic/td_mse"])', "ε rule's arguments swapped"),
-    ("virel_ppl/train.py", "reward * self.reward_scale", "reward", "reward scale dropped at the replay"),
-    ("virel_ppl/train.py", "replay.sample(cfg.batch_size)", "replay.sample(256)", "batch size dropped (default 256)"),
+    ("virel_ppl/trainer.py", "reward * self.reward_scale", "reward", "reward scale dropped at the replay"),
+    ("virel_ppl/trainer.py", "replay.sample(self.config.batch_size)", "replay.sample(256)",
+     "batch size dropped (default 256)"),
     ("virel_ppl/config.py", "REWARD_SCALES.get(_task(self.env), 1.0)", "1.0",
      "reward scale: per-task value replaced by the default"),
     ("virel_ppl/config.py", "BETA_SCALES.get(_task(self.env))", "None", "beta: Humanoid's λ replaced by the default"),

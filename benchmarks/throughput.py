@@ -74,23 +74,22 @@ def machine_line(args) -> str:
 
 
 class Ours:
-    """virel_ppl's training step exactly as ``train._loop`` runs it (act, env.step, replay, update), minus logging."""
+    """virel_ppl's training step exactly as ``Trainer.run`` runs it (act, env.step, replay, update), minus logging."""
 
     def __init__(self, cfg: Config) -> None:
         self.trainer = Trainer(cfg)
         self.batch = cfg.batch_size
         for _ in range(WARMUP):
-            self.trainer.env_step()
+            self.trainer.collect()
 
     def run(self, steps: int) -> None:
         trainer = self.trainer
         with pyro.validation_enabled(False):
             for _ in range(steps):
-                trainer.env_step()
-                for _ in range(trainer.updates_due()):
-                    stats = trainer.agent.update(trainer.replay.sample(self.batch), step=trainer.step)
+                trainer.collect()
+                trainer.update()
         trainer.agent.first_nonfinite_step()  # the trainer reads its NaN record once per log_every
-        float(stats["critic/q_loss"])  # ... and its statistics: wait for the device here, as the logger does
+        float(trainer.stats["critic/q_loss"])  # ... and its statistics: wait for the device here, as the logger does
 
 
 class PlainTorch(Ours):
@@ -129,8 +128,8 @@ class PlainTorch(Ours):
     def run(self, steps: int) -> None:
         trainer = self.trainer
         for _ in range(steps):
-            trainer.env_step()
-            for _ in range(trainer.updates_due()):
+            trainer.collect()
+            for _ in range(trainer.schedule.due(trainer.step)):
                 self.update(trainer.replay.sample(self.batch))
 
 

@@ -46,7 +46,7 @@ def agent_scope(trainer: Trainer):
 def _trainer(args) -> Trainer:
     trainer = Trainer(_config(args))
     for _ in range(WARMUP + 10):
-        trainer.env_step()
+        trainer.collect()
     return trainer
 
 
@@ -67,7 +67,7 @@ def step_parts(trainer: Trainer, steps: int) -> dict[str, list[float]]:
 
 def _one_step(trainer: Trainer, timed: Callable) -> None:
     agent, critic, gamma = trainer.agent, trainer.agent.critic, trainer.config.gamma
-    timed("act + env.step + replay.add", trainer.env_step)
+    timed("act + env.step + replay.add", trainer.collect)
     batch = timed("replay.sample", lambda: trainer.replay.sample(trainer.config.batch_size))
     with torch.no_grad():
         v_next = timed("M: V̄(s') (target value, no grad)", lambda: critic.target_value(batch.next_obs))

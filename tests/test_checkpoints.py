@@ -162,12 +162,12 @@ def test_resume_refuses_another_run_dir_or_overwrite(pendulum_run, tmp_path, fla
 def signals_at(step, *signums):
     """Python run before the CLI in the subprocess: send ``signums`` to itself right after environment step ``step``."""
     return (
-        "import os\nfrom virel_ppl import train as t\n_step = t.Trainer.env_step\n"
-        "def env_step(self):\n    out = _step(self)\n"
+        "import os\nfrom virel_ppl import train as t\n_step = t.Trainer.collect\n"
+        "def collect(self):\n    out = _step(self)\n"
         f"    if self.step == {step}:\n"
         + "".join(f"        os.kill(os.getpid(), {int(s)})\n" for s in signums)
         + "    return out\n"
-        "t.Trainer.env_step = env_step\n"
+        "t.Trainer.collect = collect\n"
     )
 
 
@@ -286,15 +286,15 @@ def _poison_optimiser_state(agent):
 def test_no_checkpoint_is_written_from_a_non_finite_state(tmp_path, monkeypatch):
     from virel_ppl import train as train_module
 
-    env_step = train_module.Trainer.env_step
+    collect = train_module.Trainer.collect
 
     def poison_at_70(self):
-        out = env_step(self)
+        out = collect(self)
         if self.step == 70:
             _poison_optimiser_state(self.agent)
         return out
 
-    monkeypatch.setattr(train_module.Trainer, "env_step", poison_at_70)
+    monkeypatch.setattr(train_module.Trainer, "collect", poison_at_70)
     run_dir = tmp_path / "run"
     with pytest.raises(SystemExit, match=r"^error: Non-finite values in agent\..* at step 80") as info:
         tiny_train(run_dir, "--log-every", "1000", eval_every=1000)
@@ -403,3 +403,12 @@ def test_no_runtime_import_circle():
     assert (
         "virel_ppl.train" not in graph["virel_ppl.diagnostics"] and "virel_ppl.checkpoints" in graph["virel_ppl.train"]
     )
+
+
+def test_the_loop_imports_no_diagnostics_and_evaluation_no_training():
+    """The trainer's diagnostics come in as a hook (train.py plugs them in); the SB3 baseline evaluates as ours do
+    without importing the training loop."""
+    imports = {m: _runtime_imports(ROOT / "virel_ppl" / f"{m}.py", "virel_ppl") for m in ("trainer", "baselines")}
+    assert not {"virel_ppl.diagnostics", "virel_ppl.train"} & imports["trainer"]
+    assert not {"virel_ppl.train", "virel_ppl.trainer"} & imports["baselines"]
+    assert "virel_ppl.evaluation" in imports["baselines"]

@@ -75,6 +75,25 @@ def test_command_line_reports_bad_input_as_one_line(tmp_path, argv, match):
     assert isinstance(exit_info.value.code, str)
 
 
+@pytest.mark.parametrize("warmup, batch, per_step", [(10, 8, 0.3), (4, 10, 0.25), (8, 8, 2.0), (0, 12, 1 / 3)])
+def test_the_config_and_the_trainer_follow_one_update_schedule(warmup, batch, per_step):
+    """Config.first_update_step (which validation uses) names the step of the trainer's first update, and the
+    trainer makes updates_per_step updates per step from max(warmup, batch) on."""
+    total = 50
+    cfg = Config(env="Pendulum-v1", total_steps=total, **{**TINY, "hidden": (8, 8)})
+    cfg = replace(cfg, warmup_steps=warmup, batch_size=batch, updates_per_step=per_step)
+    trainer = Trainer(cfg)
+    steps: list[int] = []
+    inner = trainer.agent.update
+    trainer.agent.update = lambda b, step: steps.append(step) or inner(b, step=step)
+    for _ in range(total):
+        trainer.collect()
+        trainer.update()
+    start = max(warmup, batch)
+    assert steps[0] == cfg.first_update_step() >= start
+    assert len(steps) == int((total - start + 1) * per_step + 1e-9)
+
+
 def test_nan_reward_stops_with_a_clear_error(tmp_path):
     cfg = Config(env="NaNReward-v0", total_steps=10, run_dir=tmp_path, **{**TINY, "warmup_steps": 5, "batch_size": 4})
     with pytest.raises(ValueError, match="non-finite reward"):

@@ -225,7 +225,7 @@ def env_rewards(env_id: str, seed: int, actions) -> list[float]:
 def test_reward_scale_multiplies_the_stored_rewards(env_id, reward_scale, scale):
     trainer = Trainer(Config(env=env_id, reward_scale=reward_scale, seed=3, **TINY))
     for _ in range(5):
-        trainer.env_step()
+        trainer.collect()
     raw = env_rewards(env_id, 3, trainer.replay.actions[:5])
     assert trainer.replay.rewards[:5].tolist() == pytest.approx([scale * r for r in raw], rel=1e-5)
 

@@ -4,8 +4,8 @@
 entropy tuning, no reward scaling) except ``learning_starts``, which is our ``warmup_steps``: both learners act
 uniformly at random for that many steps. Its run directory holds what ours hold for a report: ``config.json``
 (the env, ``algo = "sb3_sac"``, the seed, the budget and SB3's hyper-parameters as it ran them), ``eval.csv``
-(evaluated exactly as ours: :func:`virel_ppl.train.evaluate` with the mode action, ``eval_episodes`` episodes on
-the same seeds, after the update of every ``eval_every``-th step and at the end), ``train.csv`` (SB3's last
+(evaluated exactly as ours: :func:`virel_ppl.evaluation.evaluate` with the mode action, ``eval_episodes`` episodes
+on the same seeds, after the update of every ``eval_every``-th step and at the end), ``train.csv`` (SB3's last
 actor/critic loss and entropy coefficient every ``log_every`` steps) and ``episodes.csv``.
 
 A baseline run has no resumable checkpoint: one that was stopped is started again from scratch
@@ -76,7 +76,7 @@ def finished(run_dir: Path, total_steps: int) -> bool:
 
 @dataclass
 class _ModeActor:
-    """What :func:`virel_ppl.train.evaluate` needs of an agent, for an SB3 model: the mode action."""
+    """What :func:`virel_ppl.evaluation.evaluate` needs of an agent, for an SB3 model: the mode action."""
 
     model: object
     device: torch.device = torch.device("cpu")
@@ -99,8 +99,8 @@ def train_sb3_sac(config: Config, on_eval: Callable[[int], None] | None = None) 
     from stable_baselines3.common.callbacks import BaseCallback
 
     from virel_ppl.envs import make_env
+    from virel_ppl.evaluation import evaluate
     from virel_ppl.logger import RunLogger, plot_learning_curve
-    from virel_ppl.train import evaluate
 
     cfg = config
     run_dir = Path(cfg.run_dir)

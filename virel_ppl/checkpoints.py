@@ -11,13 +11,13 @@ A run directory ``D`` holds (besides the logs of ``logger.py``):
                             first and renamed into place, so an interrupted write never damages a saved checkpoint.
 
 A checkpoint is ``torch.save`` of ``Trainer.state_dict()``: a dict with (at least) ``config`` (``Config.to_dict()``),
-``step`` and ``agent``. It is never written from an agent holding NaN or inf (:func:`check_finite`).
+``step`` and ``agent``. It is never written from an agent holding NaN or inf (``nan_policy.check_state``).
 
 On resume only the fields in :data:`RESUMABLE` may change (how long to run, how often to evaluate, log and
 checkpoint, and how the run is shown); every other field fixes the task, the algorithm, the networks or the data
 already in the replay buffer (which holds rewards times ``reward_scale``), and :func:`check_resume` refuses a change.
 
-This module imports nothing from ``train`` or ``diagnostics``: both, the CLI and sweeps use it.
+This module imports nothing from ``train``, ``trainer`` or ``diagnostics``: all three, the CLI and sweeps use it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
-import math
 import os
 import shutil
 import sys
@@ -131,37 +130,6 @@ def _reason(err: OSError) -> str:
 
 
 # --- saving --------------------------------------------------------------------------------------------------------
-
-
-def check_finite(state: Any, step: int, where: str = "agent") -> None:
-    """Raise ``ConfigError`` when a floating tensor in ``state`` (nested dicts/lists, e.g. parameters and optimiser
-    states) holds NaN or inf: a checkpoint is never written from a diverged agent."""
-    bad = _first_non_finite(state, where)
-    if bad is not None:
-        raise ConfigError(
-            f"Non-finite values in {bad} at step {step}: no checkpoint is written from a diverged agent (the last "
-            "good one is kept). The critic diverged: lower --critic-lr or --reward-scale."
-        )
-
-
-def _first_non_finite(obj: Any, where: str) -> str | None:
-    if isinstance(obj, torch.Tensor):
-        if obj.is_floating_point() or obj.is_complex():
-            return None if bool(torch.isfinite(obj).all()) else where
-        return None
-    if isinstance(obj, float):
-        return None if math.isfinite(obj) else where
-    if isinstance(obj, dict):
-        items = obj.items()
-    elif isinstance(obj, (list, tuple)):
-        items = enumerate(obj)
-    else:
-        return None
-    for key, value in items:
-        found = _first_non_finite(value, f"{where}[{key!r}]" if not isinstance(key, str) else f"{where}.{key}")
-        if found is not None:
-            return found
-    return None
 
 
 def save_checkpoint(state: dict, path: Path, keep_previous: bool = True) -> Path:

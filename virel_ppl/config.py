@@ -285,17 +285,9 @@ class Config:
         self._check_updates_happen()
 
     def first_update_step(self) -> int | None:
-        """The environment step of the run's first gradient update, or None when the run ends before it.
-
-        Mirrors ``Trainer.updates_due``: after the step counter reaches ``max(warmup_steps, batch_size)``, every
-        step adds ``updates_per_step`` to a credit and an update is due once the credit reaches 1.
-        """
-        credit = 0.0
-        for step in range(max(self.warmup_steps, self.batch_size, 1), self.total_steps + 1):
-            credit += self.updates_per_step
-            if int(credit) >= 1:
-                return step
-        return None
+        """The environment step of the run's first gradient update, or None when the run ends before it: the
+        trainer's own schedule (``schedule.UpdateSchedule``), played forward."""
+        return UpdateSchedule.of(self).first_update(self.total_steps)
 
     def _check_updates_happen(self) -> None:
         if self.first_update_step() is not None:
@@ -305,7 +297,7 @@ class Config:
         if self.updates_per_step < 1:
             why += f" = {start}, and --updates-per-step {self.updates_per_step} takes more steps to make one"
             longer = dataclasses.replace(self, total_steps=start + math.ceil(1 / self.updates_per_step) + 1)
-            start = longer.first_update_step()  # as Trainer.updates_due adds it up, float rounding included
+            start = longer.first_update_step()  # as the schedule adds it up, float rounding included
         raise ConfigError(
             f"No gradient update would happen: --total-steps {self.total_steps} ends before the first update at "
             f"step {start} ({why}). Raise --total-steps to at least {start}, or lower --warmup-steps "
@@ -340,3 +332,41 @@ def preset_config(name: str, **overrides) -> Config:
     if name == "paper" and values.get("beta_scale") is None:
         values["beta_scale"] = BETA_SCALES.get(_task(values.get("env", Config.env)), PAPER_BETA_SCALE)
     return Config(**values)
+
+
+@dataclass
+class UpdateSchedule:
+    """When gradient updates happen: the one schedule that the trainer follows and ``Config`` checks a run against.
+
+    After the step counter reaches ``max(warmup_steps, batch_size)``, every environment step adds ``updates_per_step``
+    to a credit, and the whole updates in the credit are due (``updates_per_step`` = 0.25: one update every 4 steps;
+    = 2: two per step). The credit is part of a checkpoint, so a resumed run keeps the same rhythm.
+    """
+
+    start: int
+    """The first step counter at which updates accrue: ``max(warmup_steps, batch_size)``."""
+    per_step: float
+    """``updates_per_step``."""
+    credit: float = 0.0
+    """The fraction of an update accrued and not yet made."""
+
+    @classmethod
+    def of(cls, config: Config) -> UpdateSchedule:
+        """The schedule of a run's config, with no credit yet."""
+        # Updates need a full batch in the replay, and none run during the random warm-up.
+        return cls(start=max(config.warmup_steps, config.batch_size), per_step=config.updates_per_step)
+
+    def due(self, step: int) -> int:
+        """How many updates are due now that the step counter is ``step``; call it once per environment step."""
+        if step < self.start:
+            return 0
+        self.credit += self.per_step
+        n = int(self.credit)
+        self.credit -= n
+        return n
+
+    def first_update(self, total_steps: int) -> int | None:
+        """The step of the first update of a fresh run of ``total_steps`` steps (counted from 1), or None when the
+        run ends before it. Adds the credit up exactly as :meth:`due` does, float rounding included."""
+        fresh = UpdateSchedule(self.start, self.per_step)
+        return next((step for step in range(max(self.start, 1), total_steps + 1) if fresh.due(step) > 0), None)
