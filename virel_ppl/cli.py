@@ -159,7 +159,8 @@ def run_train(args: TrainArgs, argv: Sequence[str] | None = None) -> None:
 @user_errors
 def run_evaluate(args: EvaluateArgs) -> None:
     from virel_ppl.checkpoints import load_agent
-    from virel_ppl.train import evaluate, record_video
+    from virel_ppl.evaluation import evaluate
+    from virel_ppl.video import record_video
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be a positive integer, got {args.episodes}.")

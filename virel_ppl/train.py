@@ -32,19 +32,15 @@ from virel_ppl.checkpoints import (
 )
 from virel_ppl.config import Config, ConfigError
 from virel_ppl.diagnostics import replay_states, training_diagnostics
-from virel_ppl.evaluation import evaluate  # re-exported: cli.py and older scripts import it from here
 from virel_ppl.logger import RunLogger
 from virel_ppl.trainer import Hook, RunResult, StoppedWithoutCheckpoint, Trainer
-from virel_ppl.video import record_video  # re-exported for cli.py
 
 __all__ = [
     "CHECKPOINT",
     "RunResult",
     "StoppedWithoutCheckpoint",
     "Trainer",
-    "evaluate",
     "load_agent",
-    "record_video",
     "train",
 ]
 
