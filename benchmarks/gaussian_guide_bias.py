@@ -14,7 +14,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # as in virel_ppl/guides.py (half-range 1)
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # as in virel_ppl/inference/guides.py (half-range 1)
 
 
 def elbo(sigma: float, eps: float, x: np.ndarray) -> tuple[float, float]:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from virel_ppl.config import Config
-from virel_ppl.logger import read_csv
+from virel_ppl.runtime.logger import read_csv
 from virel_ppl.train import train
 
 DEFAULT_PAIRS = ("tanh_normal:trace", "mixture:trace", "tanh_normal:renyi", "mixture:renyi", "flow:trace")

@@ -4,7 +4,7 @@ With a fixed critic Q (no environment), VIREL's E-step targets the Boltzmann pos
 
     p(a|s, O) = exp(Q(s, a)/ε) / Z      on the action box (uniform prior),
 
-which on a 1-D or 2-D box we can normalise on a grid. Each guide is fitted with ``virel_ppl.em.e_step`` (SVI,
+which on a 1-D or 2-D box we can normalise on a grid. Each guide is fitted with ``virel_ppl.inference.em.e_step`` (SVI,
 the same call the trainer makes, ε/N scaling included) on a batch of states, then scored at those states by
 
 - KL(q‖p) = E_q[log q − log p]   (Monte Carlo with the guide's exact log-density; what the ELBO minimises),
@@ -36,11 +36,11 @@ import torch
 from pyro.infer import SVI
 from torch import nn
 
-from virel_ppl.actions import ActionBox, DiscreteActions
-from virel_ppl.divergences import make_elbo
-from virel_ppl.em import e_step
-from virel_ppl.guides import GUIDES, PolicyGuide
-from virel_ppl.models import virel_model
+from virel_ppl.inference.actions import ActionBox, DiscreteActions
+from virel_ppl.inference.divergences import make_elbo
+from virel_ppl.inference.em import e_step
+from virel_ppl.inference.guides import GUIDES, PolicyGuide
+from virel_ppl.inference.models import virel_model
 
 OBS_DIM = 3
 NUM_STATES = 4

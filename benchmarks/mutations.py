@@ -41,7 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = ["virel_ppl/em.py", "virel_ppl/critics.py", "virel_ppl/models.py", "virel_ppl/variants.py"] + sorted(
+TARGETS = [f"virel_ppl/inference/{name}.py" for name in ("em", "critics", "models")] + ["virel_ppl/variants.py"]
+TARGETS += sorted(
     str(p.relative_to(ROOT)) for p in (ROOT / "virel_ppl" / "exact").glob("*.py") if p.name != "__init__.py"
 )
 # Fast tests, the known answers first so that most mutants die in a second. Training runs are left out.
@@ -78,19 +79,19 @@ class Mutant:
 # (file, old text, new text, description); the old text must occur exactly once in the file.
 LISTED: list[tuple[str, str, str, str]] = [
     (
-        "virel_ppl/critics.py",
+        "virel_ppl/inference/critics.py",
         "rewards + gamma * (1.0 - terminated)",
         "rewards - gamma * (1.0 - terminated)",
         "Bellman target r − γV(s') instead of r + γV(s')",
     ),
     (
-        "virel_ppl/em.py",
+        "virel_ppl/inference/em.py",
         "frozen(critic), poutine.scale(scale=eps / states.shape[0])",
         "frozen(critic), poutine.scale(scale=1.0 / states.shape[0])",
         "E-step scale 1/N instead of ε/N (SVI.step)",
     ),
     (
-        "virel_ppl/em.py",
+        "virel_ppl/inference/em.py",
         "frozen(critic, self._critic_params), poutine.scale(scale=eps / states.shape[0])",
         "frozen(critic, self._critic_params), poutine.scale(scale=1.0 / states.shape[0])",
         "E-step scale 1/N instead of ε/N (the fast E-step)",
@@ -126,34 +127,34 @@ LISTED: list[tuple[str, str, str, str]] = [
         "mpo_np: λ·KL sign flipped",
     ),
     (
-        "virel_ppl/critics.py",
+        "virel_ppl/inference/critics.py",
         "list(self.v.parameters()), tau)",
         "list(self.v.parameters()), 1 - tau)",
         "Polyak update with 1 − τ in place of τ",
     ),
     (
-        "virel_ppl/em.py",
+        "virel_ppl/inference/em.py",
         "return critic.q(states, executed(policy, detached_sample(policy.distribution(states))))",
         "d = policy.distribution(states)\n    a = detached_sample(d)\n"
         "    return critic.q(states, executed(policy, a)) - d.log_prob(a)",
         "hard value target replaced by SAC's soft one (α = 1)",
     ),
     (
-        "virel_ppl/em.py",
+        "virel_ppl/inference/em.py",
         "value_target: ValueTarget = hard_value_target",
         "value_target: ValueTarget = soft_value_target(1.0)",
         "m_step's default value target soft instead of hard",
     ),
     (
-        "virel_ppl/em.py",
+        "virel_ppl/inference/em.py",
         '"critic/td_mse": q_loss.detach(),',
         '"critic/td_mse": 0.5 * q_loss.detach(),',
         "td_mse halved",
     ),  # fmt: skip
     # the ones issue 14 found caught already
-    ("virel_ppl/models.py", "states.shape[0]) / eps)", "states.shape[0]) * eps)", "Q·ε in place of Q/ε"),
+    ("virel_ppl/inference/models.py", "states.shape[0]) / eps)", "states.shape[0]) * eps)", "Q·ε in place of Q/ε"),
     (
-        "virel_ppl/models.py",
+        "virel_ppl/inference/models.py",
         'pyro.factor("O", check_log_likelihood',
         'pyro.factor("O", -check_log_likelihood',
         "factor sign flipped",
@@ -170,9 +171,14 @@ LISTED: list[tuple[str, str, str, str]] = [
         "loss = (self.log_alpha.exp() * (log_pi + self.target_entropy)).mean()",
         "sac_auto: temperature-loss sign",
     ),
-    ("virel_ppl/em.py", "(1.0 - gamma) / rewards.abs()", "(1.0 + gamma) / rewards.abs()", "beta: λ = (1 + γ)/r_avg"),
     (
-        "virel_ppl/models.py",
+        "virel_ppl/inference/em.py",
+        "(1.0 - gamma) / rewards.abs()",
+        "(1.0 + gamma) / rewards.abs()",
+        "beta: λ = (1 + γ)/r_avg",
+    ),
+    (
+        "virel_ppl/inference/models.py",
         "torch.softmax(returns / eps, dim=0)",
         "torch.softmax(-returns / eps, dim=0)",
         "pseudo-likelihood weights sign",
@@ -213,8 +219,8 @@ WIRING: list[tuple[str, str, str, str]] = [
      "E-step scores unclipped actions"),
     ("virel_ppl/agent.py", 'variant.eps(stats["critic/td_mse"], batch.rewards)',
      'variant.eps(batch.rewards, stats["critic/td_mse"])', "ε rule's arguments swapped"),
-    ("virel_ppl/trainer.py", "reward * self.reward_scale", "reward", "reward scale dropped at the replay"),
-    ("virel_ppl/trainer.py", "replay.sample(self.config.batch_size)", "replay.sample(256)",
+    ("virel_ppl/runtime/trainer.py", "reward * self.reward_scale", "reward", "reward scale dropped at the replay"),
+    ("virel_ppl/runtime/trainer.py", "replay.sample(self.config.batch_size)", "replay.sample(256)",
      "batch size dropped (default 256)"),
     ("virel_ppl/config.py", "REWARD_SCALES.get(_task(self.env), 1.0)", "1.0",
      "reward scale: per-task value replaced by the default"),
@@ -234,9 +240,9 @@ WIRING: list[tuple[str, str, str, str]] = [
     ("virel_ppl/variants.py", "cfg.mpo_eta_bound,", "0.1,", "mpo_np: η bound dropped (default 0.1)"),
     ("virel_ppl/variants.py", "cfg.dual_lr,\n            self.device,", "1e-3,\n            self.device,",
      "mpo_np: dual learning rate dropped"),
-    ("virel_ppl/em.py", "critic.q(states, executed(policy, detached_sample(policy.distribution(states))))",
+    ("virel_ppl/inference/em.py", "critic.q(states, executed(policy, detached_sample(policy.distribution(states))))",
      "critic.q(states, detached_sample(policy.distribution(states)))", "hard value target scores unclipped actions"),
-    ("virel_ppl/em.py", "bellman_target(batch.rewards, batch.terminated,",
+    ("virel_ppl/inference/em.py", "bellman_target(batch.rewards, batch.terminated,",
      "bellman_target(batch.terminated, batch.rewards,", "Bellman target: rewards and terminations swapped"),
 ]  # fmt: skip
 WIRING_TESTS = ["tests/test_wiring.py", "tests/test_known_answers.py"]
@@ -384,7 +390,9 @@ def _preimport(workdir: Path) -> None:
 
     torch.set_num_threads(1)
     sys.path.insert(0, str(workdir))
-    for name in ("pytest", "virel_ppl.train", "virel_ppl.agent", "virel_ppl.exact", "virel_ppl.diagnostics"):
+    preload = ("pytest", "virel_ppl.train", "virel_ppl.agent", "virel_ppl.exact")
+    preload += ("virel_ppl.analysis.diagnostics",)
+    for name in preload:
         try:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001 - optional: the child imports what is missing

@@ -86,7 +86,7 @@ def plan_trials(args: argparse.Namespace):
 def check_args(args: argparse.Namespace) -> None:
     """One line for each bad input, before Ray starts."""
     from virel_ppl.baselines import BASELINES, require_sb3
-    from virel_ppl.envs import check_env_id
+    from virel_ppl.runtime.envs import check_env_id
     from virel_ppl.variants import VARIANTS
 
     for env in args.tasks:
@@ -122,7 +122,7 @@ def git_commit() -> str:
 def _last_step(path: Path) -> int:
     """The last evaluated step in ``path`` (0 without one). A line being written is no step yet (read_csv reads past
     it; no warning, the trial may be running)."""
-    from virel_ppl.logger import read_csv
+    from virel_ppl.runtime.logger import read_csv
 
     steps = read_csv(path, warn=False).get("step", []) if path.exists() else []
     return int(steps[-1]) if steps else 0
@@ -253,8 +253,8 @@ def _steps_per_s(out: Path) -> float | None:
 
 def table(results: Path, tasks, algos, budget: int, ci: float = 0.95) -> str:
     """The Markdown table of the study from ``results``: one row per task and learner."""
-    from virel_ppl.logger import read_csv
-    from virel_ppl.report import bootstrap_ci, iqm
+    from virel_ppl.analysis.report import bootstrap_ci, iqm
+    from virel_ppl.runtime.logger import read_csv
 
     marks = sorted({s for s in (25_000, 50_000, budget) if s <= budget})
     head = " | ".join(f"{m // 1000}k mean ± sd | {m // 1000}k IQM [{ci:.0%} CI]" for m in marks)
@@ -300,7 +300,7 @@ def table(results: Path, tasks, algos, budget: int, ci: float = 0.95) -> str:
 
 def write_curves(results: Path, out: Path) -> Path | None:
     """Learning curves with HDI bands over seeds (``virel_ppl report``) of the finished trials."""
-    from virel_ppl.report import write_report
+    from virel_ppl.analysis.report import write_report
 
     done = [p for p in sorted(results.glob("*__*__*")) if p.is_dir() and _status(p) == "finished"]
     return write_report(done, out) if done else None

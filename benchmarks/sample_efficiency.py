@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from virel_ppl.config import Config, ConfigError
-from virel_ppl.logger import read_csv
+from virel_ppl.runtime.logger import read_csv
 
 DEFAULT_TASKS = ["InvertedPendulum-v5:20000", "Pendulum-v1:10000", "HalfCheetah-v5:50000"]
 

@@ -36,7 +36,7 @@ import pyro
 import torch
 
 from virel_ppl.config import Config
-from virel_ppl.em import SVIStep, adam, frozen, m_step
+from virel_ppl.inference.em import SVIStep, adam, frozen, m_step
 from virel_ppl.train import Trainer
 
 WARMUP = 1000

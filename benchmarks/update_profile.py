@@ -32,9 +32,9 @@ import torch
 from throughput import WARMUP, _config, machine_line  # benchmarks/throughput.py (this folder is on sys.path)
 from torch.func import functional_call, stack_module_state
 
-from virel_ppl.actions import SafeTanhTransform, TanhNormal
-from virel_ppl.critics import bellman_target
-from virel_ppl.em import adam, frozen
+from virel_ppl.inference.actions import SafeTanhTransform, TanhNormal
+from virel_ppl.inference.critics import bellman_target
+from virel_ppl.inference.em import adam, frozen
 from virel_ppl.train import Trainer
 
 

@@ -15,11 +15,11 @@ import torch
 import tyro
 from torch import nn
 
-from virel_ppl.actions import ActionBox, TanhNormal
 from virel_ppl.config import Config
-from virel_ppl.divergences import ScaledRenyiELBO
-from virel_ppl.guides import PolicyGuide
-from virel_ppl.nets import mlp
+from virel_ppl.inference.actions import ActionBox, TanhNormal
+from virel_ppl.inference.divergences import ScaledRenyiELBO
+from virel_ppl.inference.guides import PolicyGuide
+from virel_ppl.inference.nets import mlp
 from virel_ppl.train import train
 
 

@@ -14,9 +14,7 @@ import arviz as az
 import torch
 import tyro
 
-from virel_ppl.checkpoints import CHECKPOINT, load_agent
-from virel_ppl.cli import DiagnoseArgs
-from virel_ppl.diagnostics import (
+from virel_ppl.analysis.diagnostics import (
     KHAT_BAD,
     agent_action_posterior,
     last_logged_eps,
@@ -24,6 +22,8 @@ from virel_ppl.diagnostics import (
     replay_states,
     rollout_states,
 )
+from virel_ppl.cli import DiagnoseArgs
+from virel_ppl.runtime.checkpoints import CHECKPOINT, load_agent
 
 
 def main(args: DiagnoseArgs) -> None:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from virel_ppl.actions import ActionBox, TanhNormal, UniformBox
+from virel_ppl.inference.actions import ActionBox, TanhNormal, UniformBox
 
 
 def test_unit_box_round_trip_and_edges():

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from virel_ppl.config import Config, ConfigError, preset_config
-from virel_ppl.logger import read_csv
+from virel_ppl.runtime.logger import read_csv
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))

@@ -13,10 +13,10 @@ import pytest
 import torch
 from helpers import TINY_ARGS, tiny_train
 
-from virel_ppl import envs
-from virel_ppl.checkpoints import CHECKPOINT, PREVIOUS, RESUMABLE
 from virel_ppl.cli import main
-from virel_ppl.logger import read_csv
+from virel_ppl.runtime import envs
+from virel_ppl.runtime.checkpoints import CHECKPOINT, PREVIOUS, RESUMABLE
+from virel_ppl.runtime.logger import read_csv
 
 ROOT = Path(__file__).parents[1]
 
@@ -104,8 +104,8 @@ def test_train_with_a_config_and_resume_applies_only_resumable_fields(run_copy):
     """What a sweep does on restoring a trial: ``train(config, resume=run_dir)``."""
     from dataclasses import replace
 
-    from virel_ppl.checkpoints import CheckpointError
     from virel_ppl.config import Config
+    from virel_ppl.runtime.checkpoints import CheckpointError
     from virel_ppl.train import train
 
     config = Config.from_dict(torch.load(run_copy / CHECKPOINT, weights_only=False)["config"])
@@ -250,7 +250,7 @@ def test_a_checkpoint_write_that_fails_mid_run_is_one_error_line_and_damages_not
 def test_a_log_write_that_fails_mid_run_is_one_error_line(tmp_path, monkeypatch):
     import builtins
 
-    from virel_ppl import logger
+    from virel_ppl.runtime import logger
 
     def full_disk(path, *args, **kwargs):
         if str(path).endswith("eval.csv"):
@@ -310,7 +310,7 @@ def test_a_failed_mujoco_render_prints_nothing_after_the_clear_line(tmp_path):
     run_dir = tmp_path / "run"
     tiny_train(run_dir, env="InvertedPendulum-v5", total=60, eval_every=60)
     # an OpenGL back-end that cannot be made: Gymnasium's viewer fails half-way, as without EGL
-    prelude = "import os, virel_ppl.envs\nos.environ['MUJOCO_GL'] = 'no-such-backend'\n"
+    prelude = "import os, virel_ppl.runtime.envs\nos.environ['MUJOCO_GL'] = 'no-such-backend'\n"
     proc = run_cli_subprocess(["evaluate", run_dir, "--episodes", "1", "--video"], prelude=prelude)
     assert proc.returncode == 0, proc.stderr
     assert "No video: Cannot render InvertedPendulum-v5" in proc.stdout and "OpenGL" in proc.stdout
@@ -401,7 +401,8 @@ def test_no_runtime_import_circle():
             dfs(module, [module])
     assert cycles == []
     assert (
-        "virel_ppl.train" not in graph["virel_ppl.diagnostics"] and "virel_ppl.checkpoints" in graph["virel_ppl.train"]
+        "virel_ppl.train" not in graph["virel_ppl.analysis.diagnostics"]
+        and "virel_ppl.runtime.checkpoints" in graph["virel_ppl.train"]
     )
 
 
@@ -409,6 +410,6 @@ def test_the_loop_imports_no_diagnostics_and_evaluation_no_training():
     """The trainer's diagnostics come in as a hook (train.py plugs them in); the SB3 baseline evaluates as ours do
     without importing the training loop."""
     imports = {m: _runtime_imports(ROOT / "virel_ppl" / f"{m}.py", "virel_ppl") for m in ("trainer", "baselines")}
-    assert not {"virel_ppl.diagnostics", "virel_ppl.train"} & imports["trainer"]
-    assert not {"virel_ppl.train", "virel_ppl.trainer"} & imports["baselines"]
-    assert "virel_ppl.evaluation" in imports["baselines"]
+    assert not {"virel_ppl.analysis.diagnostics", "virel_ppl.train"} & imports["trainer"]
+    assert not {"virel_ppl.train", "virel_ppl.runtime.trainer"} & imports["baselines"]
+    assert "virel_ppl.runtime.evaluation" in imports["baselines"]

@@ -6,10 +6,10 @@ import torch
 from pyro.infer import Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 
 from virel_ppl import cli
-from virel_ppl.actions import ActionBox, DiscreteActions
 from virel_ppl.config import Config, ConfigError, close_names, did_you_mean, field_types, lookup, preset_config
-from virel_ppl.divergences import DIVERGENCES, ScaledRenyiELBO, check_elbo, make_elbo
-from virel_ppl.guides import CategoricalGuide, TanhNormalGuide
+from virel_ppl.inference.actions import ActionBox, DiscreteActions
+from virel_ppl.inference.divergences import DIVERGENCES, ScaledRenyiELBO, check_elbo, make_elbo
+from virel_ppl.inference.guides import CategoricalGuide, TanhNormalGuide
 from virel_ppl.sweep import SweepError, parse_set, parse_value, plan
 
 torch.set_num_threads(1)

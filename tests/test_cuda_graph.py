@@ -26,13 +26,13 @@ import torch
 
 from virel_ppl import agent as agent_module
 from virel_ppl import graphs
-from virel_ppl.actions import ActionBox, DiscreteActions
 from virel_ppl.agent import VirelAgent
-from virel_ppl.checkpoints import RESUMABLE
 from virel_ppl.config import Config
-from virel_ppl.divergences import make_elbo
-from virel_ppl.em import Batch, DeviceTrace_ELBO
 from virel_ppl.graphs import CudaGraphWarning
+from virel_ppl.inference.actions import ActionBox, DiscreteActions
+from virel_ppl.inference.divergences import make_elbo
+from virel_ppl.inference.em import Batch, DeviceTrace_ELBO
+from virel_ppl.runtime.checkpoints import RESUMABLE
 from virel_ppl.variants import VARIANTS, Variant
 
 OBS_DIM, N, UPDATES = 3, 16, 6

@@ -9,17 +9,17 @@ import pytest
 import torch
 from torch import nn
 
-from virel_ppl.actions import ActionBox, TanhNormal
-from virel_ppl.cli import main
-from virel_ppl.config import Config
-from virel_ppl.diagnostics import (
+from virel_ppl.analysis.diagnostics import (
     BoltzmannTarget,
     action_posterior,
     importance_diagnostics,
     plot_action_posterior,
     psis,
 )
-from virel_ppl.logger import read_csv
+from virel_ppl.cli import main
+from virel_ppl.config import Config
+from virel_ppl.inference.actions import ActionBox, TanhNormal
+from virel_ppl.runtime.logger import read_csv
 from virel_ppl.train import train
 
 BOX = ActionBox([-1.0, -2.0], [1.0, 2.0])

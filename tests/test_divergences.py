@@ -22,10 +22,10 @@ from pyro.infer import (
 )
 from torch.distributions import kl_divergence
 
-from virel_ppl.actions import ActionBox, DiscreteActions
 from virel_ppl.cli import main
 from virel_ppl.config import Config
-from virel_ppl.divergences import (
+from virel_ppl.inference.actions import ActionBox, DiscreteActions
+from virel_ppl.inference.divergences import (
     DIVERGENCES,
     ELBOS,
     EnumELBO,
@@ -33,9 +33,9 @@ from virel_ppl.divergences import (
     ScaledTailAdaptiveELBO,
     make_elbo,
 )
-from virel_ppl.guides import GUIDES, BetaGuide, CategoricalGuide, DiagonalGaussianGuide, TanhNormalGuide
-from virel_ppl.logger import read_csv
-from virel_ppl.models import virel_model
+from virel_ppl.inference.guides import GUIDES, BetaGuide, CategoricalGuide, DiagonalGaussianGuide, TanhNormalGuide
+from virel_ppl.inference.models import virel_model
+from virel_ppl.runtime.logger import read_csv
 from virel_ppl.train import Trainer, train
 
 torch.set_num_threads(1)

@@ -9,11 +9,11 @@ import torch
 from helpers import QuadraticQ
 from pyro.infer import SVI, Trace_ELBO
 
-from virel_ppl.actions import ActionBox
-from virel_ppl.critics import Critic
-from virel_ppl.em import Batch, beta_epsilon, e_step, fixed_epsilon, hard_value_target, m_step
-from virel_ppl.guides import DiagonalGaussianGuide, TanhNormalGuide
-from virel_ppl.models import virel_model
+from virel_ppl.inference.actions import ActionBox
+from virel_ppl.inference.critics import Critic
+from virel_ppl.inference.em import Batch, beta_epsilon, e_step, fixed_epsilon, hard_value_target, m_step
+from virel_ppl.inference.guides import DiagonalGaussianGuide, TanhNormalGuide
+from virel_ppl.inference.models import virel_model
 
 
 def elbo_estimate(model, guide, states, particles=20_000, **kw) -> float:
@@ -97,7 +97,7 @@ def test_svi_reaches_the_exact_boltzmann_posterior_in_1d():
 def test_posterior_concentrates_on_argmax_as_eps_shrinks():
     """VIREL Lemma 1: exp(Q/ε)/Z → δ(a − argmax Q) as ε → 0 (a bimodal Q with unequal peaks), through the project's
     own posterior (``diagnostics.BoltzmannTarget``, what the E-step targets) normalised on a grid."""
-    from virel_ppl.diagnostics import BoltzmannTarget
+    from virel_ppl.analysis.diagnostics import BoltzmannTarget
 
     def q_fn(a):
         return torch.exp(-((a - 0.6) ** 2) / 0.02) + 0.8 * torch.exp(-((a + 0.5) ** 2) / 0.02)

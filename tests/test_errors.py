@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from virel_ppl.cli import main
-from virel_ppl.logger import read_csv
+from virel_ppl.runtime.logger import read_csv
 
 #: Flags of a short CPU run (as helpers.TINY): updates start at step max(--warmup-steps, --batch-size) = 20.
 TINY_ARGS = ["--hidden", "16", "--batch-size", "8", "--warmup-steps", "20", "--eval-episodes", "1"]
@@ -173,11 +173,11 @@ def test_typo_hint_suggests_only_envs_that_build_here(tmp_path):
 def test_unbounded_action_space_advice_works_when_followed(tmp_path, monkeypatch, capsys):
     args = ["train", "--total-steps", "30", *TINY_ARGS]
     message = cli_error(args + ["--env", "UnboundedAction-v0", "--run-dir", str(tmp_path / "refused")])
-    assert "must be bounded" in message and "virel_ppl.envs.BoundedActions(env, low, high)" in message
+    assert "must be bounded" in message and "virel_ppl.runtime.envs.BoundedActions(env, low, high)" in message
     # Follow the advice word for word: register the wrapped env in a module of one's own, pass module:id.
     (tmp_path / "my_bounded_tasks.py").write_text(
         "import gymnasium as gym\n"
-        "from virel_ppl.envs import BoundedActions\n"
+        "from virel_ppl.runtime.envs import BoundedActions\n"
         "gym.register('MyTask-bounded-v0',\n"
         "             entry_point=lambda **kw: BoundedActions(gym.make('UnboundedAction-v0', **kw), -1.0, 1.0))\n"
     )

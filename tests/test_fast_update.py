@@ -14,12 +14,12 @@ import pyro
 import pytest
 import torch
 
-from virel_ppl.actions import ActionBox, DiscreteActions
 from virel_ppl.agent import VirelAgent
 from virel_ppl.config import Config, ConfigError
-from virel_ppl.em import Batch, DeviceTrace_ELBO, EStep
-from virel_ppl.guides import CONTINUOUS_GUIDES
-from virel_ppl.logger import read_csv
+from virel_ppl.inference.actions import ActionBox, DiscreteActions
+from virel_ppl.inference.em import Batch, DeviceTrace_ELBO, EStep
+from virel_ppl.inference.guides import CONTINUOUS_GUIDES
+from virel_ppl.runtime.logger import read_csv
 from virel_ppl.train import train
 from virel_ppl.variants import VARIANTS
 

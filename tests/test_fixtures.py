@@ -34,8 +34,8 @@ def test_a_short_run_is_bit_identical_to_the_recorded_one(name, tmp_path):
 
 
 def test_the_recorded_runs_cover_every_algorithm_guide_and_elbo():
-    from virel_ppl.divergences import DIVERGENCES
-    from virel_ppl.guides import GUIDES
+    from virel_ppl.inference.divergences import DIVERGENCES
+    from virel_ppl.inference.guides import GUIDES
     from virel_ppl.variants import VARIANTS
 
     names = set(RECORDED["runs"])

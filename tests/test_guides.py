@@ -13,10 +13,9 @@ import pyro.poutine as poutine
 import pytest
 import torch
 
-from virel_ppl.actions import ActionBox, DiscreteActions
 from virel_ppl.config import Config
-from virel_ppl.envs import OneHot, make_env
-from virel_ppl.guides import (
+from virel_ppl.inference.actions import ActionBox, DiscreteActions
+from virel_ppl.inference.guides import (
     GUIDES,
     BoxBeta,
     CategoricalGuide,
@@ -25,6 +24,7 @@ from virel_ppl.guides import (
     TanhNormalGuide,
     check_guide_fits,
 )
+from virel_ppl.runtime.envs import OneHot, make_env
 from virel_ppl.train import Trainer
 
 torch.set_num_threads(1)
@@ -194,7 +194,7 @@ def test_the_custom_guide_example_plugs_into_the_trainer(tmp_path):
     spec = importlib.util.spec_from_file_location("custom_guide", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    from virel_ppl.divergences import ScaledRenyiELBO
+    from virel_ppl.inference.divergences import ScaledRenyiELBO
     from virel_ppl.train import train
 
     cfg = Config(

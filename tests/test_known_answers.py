@@ -15,15 +15,15 @@ from pyro.infer import SVI, Trace_ELBO
 from torch import nn
 from torch.distributions import constraints
 
-from virel_ppl.actions import ActionBox
 from virel_ppl.agent import VirelAgent
 from virel_ppl.config import Config
-from virel_ppl.critics import Critic, bellman_target
-from virel_ppl.em import Batch, beta_epsilon, e_step, hard_value_target, m_step, soft_value_target
 from virel_ppl.exact import action_posterior, chain_mdp, complete_em, elbo, log_evidence, policy_evaluation
 from virel_ppl.exact.mdp import TabularMDP
-from virel_ppl.guides import PolicyGuide
-from virel_ppl.models import virel_model
+from virel_ppl.inference.actions import ActionBox
+from virel_ppl.inference.critics import Critic, bellman_target
+from virel_ppl.inference.em import Batch, beta_epsilon, e_step, hard_value_target, m_step, soft_value_target
+from virel_ppl.inference.guides import PolicyGuide
+from virel_ppl.inference.models import virel_model
 from virel_ppl.variants import HardSoftCritic, NonparametricMPO, policy_kl
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)  # 0.918939
@@ -488,7 +488,7 @@ def test_sac_temperature_step_by_hand():
 
 
 def test_old_policy_copies_exactly_every_period_updates():
-    from virel_ppl.guides import TanhNormalGuide
+    from virel_ppl.inference.guides import TanhNormalGuide
     from virel_ppl.variants import OldPolicy
 
     policy = TanhNormalGuide(3, ActionBox([-1.0], [1.0]), hidden=(4,))

@@ -18,10 +18,10 @@ import pytest
 import torch
 from helpers import TINY_ARGS, StopAt, tiny_train
 
-from virel_ppl.checkpoints import CHECKPOINT, CheckpointError
 from virel_ppl.cli import main
 from virel_ppl.config import Config
-from virel_ppl.logger import read_csv
+from virel_ppl.runtime.checkpoints import CHECKPOINT, CheckpointError
+from virel_ppl.runtime.logger import read_csv
 from virel_ppl.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -181,7 +181,7 @@ def custom_guide_run(tmp_path_factory):
 def test_a_run_with_a_guide_and_elbo_from_code_records_them(custom_guide_run):
     config = json.loads((custom_guide_run / "config.json").read_text())
     assert config["guide"] == f"{REPO / 'examples' / 'custom_guide.py'}:SharedStdTanhNormal"
-    assert config["elbo"] == "virel_ppl.divergences:ScaledRenyiELBO"
+    assert config["elbo"] == "virel_ppl.inference.divergences:ScaledRenyiELBO"
     saved = torch.load(custom_guide_run / CHECKPOINT, weights_only=False)
     assert saved["config"]["guide"] == config["guide"] and "log_std" in saved["agent"]["policy"]
 
@@ -192,7 +192,7 @@ def test_evaluate_and_diagnose_rebuild_a_guide_from_code(custom_guide_run, tmp_p
     assert "Pendulum-v1 (virel): return" in capsys.readouterr().out
     main(["diagnose", str(run), "--num-samples", "100", "--num-states", "1"])
     assert (run / "posterior" / "action_posterior.md").exists()
-    from virel_ppl.checkpoints import load_agent
+    from virel_ppl.runtime.checkpoints import load_agent
 
     agent, _ = load_agent(run)  # the rebuilt guide holds the trained parameters
     saved = torch.load(run / CHECKPOINT, weights_only=False)["agent"]["policy"]
@@ -204,12 +204,13 @@ def test_the_command_line_cannot_resume_an_elbo_object_and_says_so_in_one_line(c
     run = Path(shutil.copytree(custom_guide_run, tmp_path / "G"))
     before = (run / "config.json").read_text()
     message = cli_error(["train", "--resume", run, "--total-steps", "160"])
-    assert "ELBO object virel_ppl.divergences:ScaledRenyiELBO from code" in message and "train(resume=" in message
+    assert "ELBO object virel_ppl.inference.divergences:ScaledRenyiELBO from code" in message
+    assert "train(resume=" in message
     assert (run / "config.json").read_text() == before
 
 
 def test_python_resumes_a_run_from_code_with_the_same_objects(custom_guide_run, tmp_path):
-    from virel_ppl.divergences import ScaledRenyiELBO
+    from virel_ppl.inference.divergences import ScaledRenyiELBO
 
     run = Path(shutil.copytree(custom_guide_run, tmp_path / "G"))
     module = runpy.run_path(str(REPO / "examples" / "custom_guide.py"))  # not as __main__: only the class
@@ -250,7 +251,7 @@ def test_report_keeps_a_run_with_a_guide_from_code_apart_from_stock_runs(custom_
     groups = {line.split("|")[1].strip() for line in rows}
     assert "Pendulum-v1 · virel" in groups  # the stock run alone
     custom = f"Pendulum-v1 · virel · guide {REPO / 'examples' / 'custom_guide.py'}:SharedStdTanhNormal"
-    assert custom + " · elbo virel_ppl.divergences:ScaledRenyiELBO" in groups
+    assert custom + " · elbo virel_ppl.inference.divergences:ScaledRenyiELBO" in groups
     assert "| Pendulum-v1 · virel | 1 |" in md  # one seed each, not two seeds of one group
 
 

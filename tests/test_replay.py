@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from virel_ppl.replay import ReplayBuffer
+from virel_ppl.runtime.replay import ReplayBuffer
 
 
 def _filled(n: int, capacity: int = 1000, seed: int = 0) -> ReplayBuffer:

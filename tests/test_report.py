@@ -6,8 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from virel_ppl.cli import main
-from virel_ppl.report import (
+from virel_ppl.analysis.report import (
     bootstrap_ci,
     find_runs,
     group_runs,
@@ -16,6 +15,7 @@ from virel_ppl.report import (
     load_run,
     write_report,
 )
+from virel_ppl.cli import main
 
 
 def fake_run(root, name, algo, seed, returns, steps=(100, 200, 300), diag=None, env="Fake-v0"):

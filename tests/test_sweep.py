@@ -25,7 +25,7 @@ import torch
 
 from virel_ppl.cli import SweepArgs, main
 from virel_ppl.config import Config
-from virel_ppl.logger import read_csv
+from virel_ppl.runtime.logger import read_csv
 from virel_ppl.sweep import make_scheduler, parse_set, plan, sweep
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ import torch
 
 from virel_ppl.cli import main
 from virel_ppl.config import Config, ConfigError, SpaceError
-from virel_ppl.logger import read_csv
+from virel_ppl.runtime.logger import read_csv
 from virel_ppl.train import Trainer, train
 
 TINY = {**helpers.TINY, "eval_episodes": 2}

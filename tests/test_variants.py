@@ -12,14 +12,14 @@ from helpers import QuadraticQ
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from torch.distributions import Normal, kl_divergence
 
-from virel_ppl.actions import ActionBox, TanhNormal
 from virel_ppl.agent import VirelAgent
 from virel_ppl.config import Config
-from virel_ppl.critics import Critic, bellman_target
-from virel_ppl.em import Batch, m_step, soft_value_target
-from virel_ppl.guides import DiagonalGaussianGuide, PolicyGuide, TanhNormalGuide
-from virel_ppl.logger import read_csv
-from virel_ppl.models import pseudo_likelihood_model, virel_model
+from virel_ppl.inference.actions import ActionBox, TanhNormal
+from virel_ppl.inference.critics import Critic, bellman_target
+from virel_ppl.inference.em import Batch, m_step, soft_value_target
+from virel_ppl.inference.guides import DiagonalGaussianGuide, PolicyGuide, TanhNormalGuide
+from virel_ppl.inference.models import pseudo_likelihood_model, virel_model
+from virel_ppl.runtime.logger import read_csv
 from virel_ppl.train import train
 from virel_ppl.variants import (
     VARIANTS,

@@ -26,11 +26,11 @@ import torch
 from helpers import TINY
 from torch import nn
 
-from virel_ppl.actions import ActionBox
 from virel_ppl.agent import VirelAgent
 from virel_ppl.config import Config
-from virel_ppl.em import Batch
-from virel_ppl.guides import DiagonalGaussianGuide, PolicyGuide
+from virel_ppl.inference.actions import ActionBox
+from virel_ppl.inference.em import Batch
+from virel_ppl.inference.guides import DiagonalGaussianGuide, PolicyGuide
 from virel_ppl.train import Trainer, train
 
 BOX = ActionBox([-1.0], [1.0])
@@ -418,7 +418,7 @@ def on_path(path: str, policy: PolicyGuide | None = None, **cfg) -> VirelAgent:
     """The agent at the fixed state, updating through one of its code paths: the fast E-step (on the CPU Pyro's
     per-site floats; sync-free: ``DeviceTrace_ELBO``, as a captured update on a GPU), ``SVI.step``, or the code a CUDA
     graph captures (``graphs.CudaGraph``'s static buffers), run without capturing."""
-    from virel_ppl.em import DeviceTrace_ELBO
+    from virel_ppl.inference.em import DeviceTrace_ELBO
 
     agent = agent_at_fixed_state(policy, **cfg, **({"fast_update": False} if path == "SVI.step" else {}))
     if path == "fast, sync-free":  # what a captured update runs for --elbo trace
@@ -465,7 +465,7 @@ def test_both_kl_paths_give_the_closed_form_gaussian_kl(same_box):
     """KL of two tanh-normals on one box is the KL of their Gaussians (tanh and the affine map are one bijection):
     per dimension log(σ2/σ1) + (σ1² + (μ1 − μ2)²)/(2σ2²) − ½ = log 2 + 2/8 − ½ with μ = 0, 1 and σ = 1, 2. The
     same box object takes the sync-free path (no comparison of the transforms), equal boxes torch's own."""
-    from virel_ppl.actions import TanhNormal
+    from virel_ppl.inference.actions import TanhNormal
     from virel_ppl.variants import policy_kl
 
     box = ActionBox([-1.0, -2.0], [1.0, 2.0])

@@ -16,12 +16,12 @@ import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from pyro.infer.elbo import ELBO
 
-from virel_ppl.actions import ActionBox
 from virel_ppl.config import Config, lookup
-from virel_ppl.divergences import make_elbo
-from virel_ppl.em import Batch, DeviceTrace_ELBO, EStep, SVIStep, adam, load_optimizer_state, m_step
 from virel_ppl.graphs import CudaGraph, announce_eager
-from virel_ppl.guides import GUIDES, PolicyGuide, check_guide_fits
+from virel_ppl.inference.actions import ActionBox
+from virel_ppl.inference.divergences import make_elbo
+from virel_ppl.inference.em import Batch, DeviceTrace_ELBO, EStep, SVIStep, adam, load_optimizer_state, m_step
+from virel_ppl.inference.guides import GUIDES, PolicyGuide, check_guide_fits
 from virel_ppl.variants import VARIANTS, Variant
 
 Stats = dict[str, torch.Tensor | float]

@@ -4,8 +4,8 @@
 entropy tuning, no reward scaling) except ``learning_starts``, which is our ``warmup_steps``: both learners act
 uniformly at random for that many steps. Its run directory holds what ours hold for a report: ``config.json``
 (the env, ``algo = "sb3_sac"``, the seed, the budget and SB3's hyper-parameters as it ran them), ``eval.csv``
-(evaluated exactly as ours: :func:`virel_ppl.evaluation.evaluate` with the mode action, ``eval_episodes`` episodes
-on the same seeds, after the update of every ``eval_every``-th step and at the end), ``train.csv`` (SB3's last
+(evaluated exactly as ours: :func:`virel_ppl.runtime.evaluation.evaluate` with the mode action, ``eval_episodes``
+episodes on the same seeds, after the update of every ``eval_every``-th step and at the end), ``train.csv`` (SB3's last
 actor/critic loss and entropy coefficient every ``log_every`` steps) and ``episodes.csv``.
 
 A baseline run has no resumable checkpoint: one that was stopped is started again from scratch
@@ -49,7 +49,7 @@ def require_sb3():
 
 def check_baseline(config: Config) -> None:
     """Everything that would stop a baseline run, raised before it starts: the config, SB3, the env's spaces."""
-    from virel_ppl.envs import make_env
+    from virel_ppl.runtime.envs import make_env
 
     config.validate()
     require_sb3()
@@ -65,7 +65,7 @@ def check_baseline(config: Config) -> None:
 
 def finished(run_dir: Path, total_steps: int) -> bool:
     """Whether the baseline run in ``run_dir`` reached its last evaluation (at ``total_steps``)."""
-    from virel_ppl.logger import read_csv
+    from virel_ppl.runtime.logger import read_csv
 
     path = Path(run_dir) / "eval.csv"
     if not path.exists():
@@ -76,7 +76,7 @@ def finished(run_dir: Path, total_steps: int) -> bool:
 
 @dataclass
 class _ModeActor:
-    """What :func:`virel_ppl.evaluation.evaluate` needs of an agent, for an SB3 model: the mode action."""
+    """What :func:`virel_ppl.runtime.evaluation.evaluate` needs of an agent, for an SB3 model: the mode action."""
 
     model: object
     device: torch.device = torch.device("cpu")
@@ -98,9 +98,9 @@ def train_sb3_sac(config: Config, on_eval: Callable[[int], None] | None = None) 
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
 
-    from virel_ppl.envs import make_env
-    from virel_ppl.evaluation import evaluate
-    from virel_ppl.logger import RunLogger, plot_learning_curve
+    from virel_ppl.runtime.envs import make_env
+    from virel_ppl.runtime.evaluation import evaluate
+    from virel_ppl.runtime.logger import RunLogger, plot_learning_curve
 
     cfg = config
     run_dir = Path(cfg.run_dir)

@@ -158,9 +158,9 @@ def run_train(args: TrainArgs, argv: Sequence[str] | None = None) -> None:
 
 @user_errors
 def run_evaluate(args: EvaluateArgs) -> None:
-    from virel_ppl.checkpoints import load_agent
-    from virel_ppl.evaluation import evaluate
-    from virel_ppl.video import record_video
+    from virel_ppl.runtime.checkpoints import load_agent
+    from virel_ppl.runtime.evaluation import evaluate
+    from virel_ppl.runtime.video import record_video
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be a positive integer, got {args.episodes}.")
@@ -222,7 +222,7 @@ class ReportArgs:
 
 @user_errors
 def run_diagnose(args: DiagnoseArgs) -> None:
-    from virel_ppl.diagnostics import diagnose_run
+    from virel_ppl.analysis.diagnostics import diagnose_run
 
     check_device(args.device)
     if args.num_samples < 4 or args.num_samples % 4:  # ArviZ's four chains, each an equal share of the draws
@@ -238,7 +238,7 @@ def run_diagnose(args: DiagnoseArgs) -> None:
 
 @user_errors
 def run_report(args: ReportArgs) -> None:
-    from virel_ppl.report import write_report
+    from virel_ppl.analysis.report import write_report
 
     path = write_report(args.run_dirs, args.out, args.group_by, args.hdi_prob, args.ci, args.n_boot, args.seed)
     print(f"report: {path} (plots beside it)")

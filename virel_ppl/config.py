@@ -133,9 +133,10 @@ class Config:
     """Algorithm preset from ``virel_ppl.variants.VARIANTS``: virel (= virel1), beta, virel2, mpo, mpo_np, sac,
     sac_auto, pseudo_likelihood; see docs/variants.md."""
     guide: str = "tanh_normal"
-    """Policy family (``virel_ppl.guides.GUIDES``): tanh_normal, gaussian, beta, mixture, flow, categorical."""
+    """Policy family (``virel_ppl.inference.guides.GUIDES``): tanh_normal, gaussian, beta, mixture, flow,
+    categorical."""
     elbo: str = "auto"
-    """E-step estimator (``virel_ppl.divergences.DIVERGENCES``): trace, meanfield, renyi, iwae, tail_adaptive,
+    """E-step estimator (``virel_ppl.inference.divergences.DIVERGENCES``): trace, meanfield, renyi, iwae, tail_adaptive,
     graph, enum; auto (the default) is enum for a discrete guide (--guide categorical) and trace otherwise."""
     num_particles: int | None = None
     """Particles per state in the ELBO estimate (vectorised); None: the estimator's default (1; renyi, iwae,

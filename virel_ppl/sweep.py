@@ -5,7 +5,7 @@
 is an ordinary training run: ``train()`` writes ``ROOT/<name>/`` (config.json, eval.csv, checkpoint.pt, ...), and
 a hook reports every evaluation to Tune (``tune.report``: ``step``, ``return_mean``, ``return_std``, ε and the
 critic losses of the last ``train.csv`` row), so Tune's tables, loggers and schedulers (``search="asha"``) work.
-At the end the multi-seed report (``virel_ppl.report.write_report``) is written to ``ROOT/report``.
+At the end the multi-seed report (``virel_ppl.analysis.report.write_report``) is written to ``ROOT/report``.
 
 Checkpoints. A trial hands Tune a copy of its whole run directory whenever ``train()`` has just written
 ``checkpoint.pt`` (by default the sweep sets ``checkpoint_every = eval_every``: a checkpoint at every evaluation),
@@ -296,7 +296,7 @@ def _restore_if_newer(run_dir: Path, source: Path) -> bool:
     directory none): the run's own ``checkpoint.pt`` can be newer than the last checkpoint Tune registered (a
     Ctrl-C between the copy and its registration), and an older copy would delete the steps in between. Returns
     whether it replaced the run directory."""
-    from virel_ppl.checkpoints import checkpoint_step
+    from virel_ppl.runtime.checkpoints import checkpoint_step
 
     theirs = checkpoint_step(source)
     mine = checkpoint_step(run_dir) if run_dir.exists() else None
@@ -708,7 +708,7 @@ def _run(
     import ray
     from ray import tune
 
-    from virel_ppl.report import write_report
+    from virel_ppl.analysis.report import write_report
 
     started = False
     if not ray.is_initialized():

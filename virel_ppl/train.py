@@ -19,8 +19,10 @@ from pathlib import Path
 import torch
 from pyro.infer.elbo import ELBO
 
-from virel_ppl.actions import ActionBox
-from virel_ppl.checkpoints import (
+from virel_ppl.analysis.diagnostics import replay_states, training_diagnostics
+from virel_ppl.config import Config, ConfigError
+from virel_ppl.inference.actions import ActionBox
+from virel_ppl.runtime.checkpoints import (
     CHECKPOINT,
     guard_run_dir,
     load_agent,
@@ -30,10 +32,8 @@ from virel_ppl.checkpoints import (
     saved_config,
     unwritable_run_dir,
 )
-from virel_ppl.config import Config, ConfigError
-from virel_ppl.diagnostics import replay_states, training_diagnostics
-from virel_ppl.logger import RunLogger
-from virel_ppl.trainer import Hook, RunResult, StoppedWithoutCheckpoint, Trainer
+from virel_ppl.runtime.logger import RunLogger
+from virel_ppl.runtime.trainer import Hook, RunResult, StoppedWithoutCheckpoint, Trainer
 
 __all__ = [
     "CHECKPOINT",
@@ -56,10 +56,10 @@ def train(
 ) -> RunResult:
     """Run ``config`` to ``config.total_steps``, or continue the run in ``resume``. ``hooks`` are called as
     ``hook(trainer, step)`` after every environment step. ``policy_factory(obs_dim, box)`` and ``elbo`` (a Pyro
-    ``ELBO`` object, checked by ``virel_ppl.divergences.make_elbo``) replace ``config.guide`` and ``config.elbo``
-    with objects from code; the run records their classes there (``checkpoints.code_name``: ``module:Class``), so
-    config.json and reports say what ran. A resume rebuilds such a guide from its class where it can be imported
-    (``Class(obs_dim, box, hidden=config.hidden)``); an ELBO object must be passed again.
+    ``ELBO`` object, checked by ``virel_ppl.inference.divergences.make_elbo``) replace ``config.guide`` and
+    ``config.elbo`` with objects from code; the run records their classes there (``checkpoints.code_name``:
+    ``module:Class``), so config.json and reports say what ran. A resume rebuilds such a guide from its class where
+    it can be imported (``Class(obs_dim, box, hidden=config.hidden)``); an ELBO object must be passed again.
 
     A resume continues from the saved config; ``config`` (if given) and ``overrides`` may change only the fields
     in ``checkpoints.RESUMABLE`` (e.g. a larger ``total_steps``), anything else raises ``CheckpointError``. A new run

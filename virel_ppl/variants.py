@@ -29,10 +29,10 @@ from pyro.distributions import Distribution
 from pyro.infer.elbo import ELBO
 from torch.distributions import kl_divergence
 
-from virel_ppl.actions import ActionBox, TanhNormal
 from virel_ppl.config import Config
-from virel_ppl.critics import Critic, bellman_target
-from virel_ppl.em import (
+from virel_ppl.inference.actions import ActionBox, TanhNormal
+from virel_ppl.inference.critics import Critic, bellman_target
+from virel_ppl.inference.em import (
     Batch,
     EpsilonRule,
     ValueTarget,
@@ -44,9 +44,9 @@ from virel_ppl.em import (
     load_optimizer_state,
     soft_value_target,
 )
-from virel_ppl.guides import PolicyGuide
-from virel_ppl.models import pseudo_likelihood_model, virel_model
-from virel_ppl.nets import mlp
+from virel_ppl.inference.guides import PolicyGuide
+from virel_ppl.inference.models import pseudo_likelihood_model, virel_model
+from virel_ppl.inference.nets import mlp
 
 Stats = dict[str, torch.Tensor]
 

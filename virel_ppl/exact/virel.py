@@ -1,6 +1,7 @@
 """VIREL's one-step model on a tabular MDP, solved exactly by Pyro's enumeration, and EM with complete steps.
 
-VIREL's model (``virel_ppl/models.py``) with a discrete action, so every expectation over ``a`` is a finite sum:
+VIREL's model (``virel_ppl/inference/models.py``) with a discrete action, so every expectation over ``a`` is a
+finite sum:
 
     p(a|s) = Uniform(A),   log p(O=1|s, a) = Q(s, a) / ε,   q(a|s) = π_θ(a|s) = Categorical(logits θ[s])
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from virel_ppl.nets import mlp
+from virel_ppl.inference.nets import mlp
 
 
 def _pair(states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:

@@ -231,7 +231,7 @@ def _describe(err: Exception) -> str:
 
 def last_logged_step(run_dir: Path) -> int | None:
     """The largest step in the run's CSV logs (None without logs)."""
-    from virel_ppl.logger import read_csv
+    from virel_ppl.runtime.logger import read_csv
 
     last = None
     for path in run_dir.glob("*.csv"):
@@ -334,7 +334,7 @@ def load_agent(run_dir: Path | str, device: str = "cpu") -> tuple[VirelAgent, Co
 def agent_from_state(state: dict, path: Path, device: str = "cpu") -> tuple[VirelAgent, Config]:
     """Build the agent of a loaded checkpoint (``path`` is named in errors) on ``device``."""
     from virel_ppl.agent import VirelAgent
-    from virel_ppl.envs import check_spaces, make_env
+    from virel_ppl.runtime.envs import check_spaces, make_env
 
     config = replace(saved_config(state, path), device=device)
     env = make_env(config.env)

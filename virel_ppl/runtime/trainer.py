@@ -26,9 +26,11 @@ import torch
 from pyro.infer.elbo import ELBO
 from tqdm.auto import tqdm
 
-from virel_ppl.actions import ActionBox
 from virel_ppl.agent import VirelAgent, lookup
-from virel_ppl.checkpoints import (
+from virel_ppl.config import Config, UpdateSchedule
+from virel_ppl.inference.actions import ActionBox
+from virel_ppl.inference.guides import GUIDES
+from virel_ppl.runtime.checkpoints import (
     CHECKPOINT,
     CheckpointError,
     build_code_guide,
@@ -37,13 +39,11 @@ from virel_ppl.checkpoints import (
     load_agent_state,
     save_checkpoint,
 )
-from virel_ppl.config import Config, UpdateSchedule
-from virel_ppl.envs import check_spaces, get_env_state, make_env, set_env_state
-from virel_ppl.evaluation import evaluate
-from virel_ppl.guides import GUIDES
-from virel_ppl.logger import RunLogger, plot_learning_curve
-from virel_ppl.nan_policy import LossGrowthWatch, check_env_step, check_state, check_updates
-from virel_ppl.replay import ReplayBuffer
+from virel_ppl.runtime.envs import check_spaces, get_env_state, make_env, set_env_state
+from virel_ppl.runtime.evaluation import evaluate
+from virel_ppl.runtime.logger import RunLogger, plot_learning_curve
+from virel_ppl.runtime.nan_policy import LossGrowthWatch, check_env_step, check_state, check_updates
+from virel_ppl.runtime.replay import ReplayBuffer
 
 Hook = Callable[["Trainer", int], None]
 """``hook(trainer, step)``: called after an environment step (or an evaluation), with the step counter."""

@@ -14,8 +14,8 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.envs.registration import parse_env_id
 
-from virel_ppl.actions import ActionBox, DiscreteActions
 from virel_ppl.config import ConfigError, SpaceError, did_you_mean
+from virel_ppl.inference.actions import ActionBox, DiscreteActions
 
 _ONCE = ("settotalmass",)  # MuJoCo ≥ 3.4 warns at every compile of Gymnasium's HalfCheetah/... XML: say it once
 _shown_once: set[str] = set()

@@ -32,7 +32,7 @@ import arviz as az
 import numpy as np
 
 from virel_ppl.config import ConfigError, RunWarning
-from virel_ppl.logger import read_csv
+from virel_ppl.runtime.logger import read_csv
 
 
 class ReportWarning(RunWarning):
@@ -100,7 +100,7 @@ def group_runs(runs: Sequence[Run], by: Sequence[str] = ("env", "algo")) -> dict
     A run trained with a guide or an ELBO from code (recorded as ``module:Class``, see ``checkpoints.code_name``)
     is never pooled with stock runs: its guide and ELBO join its label (``"Pendulum-v1 · virel · guide
     my_guides:SharedStd"``) even when ``by`` leaves them out."""
-    from virel_ppl.checkpoints import is_code_name
+    from virel_ppl.runtime.checkpoints import is_code_name
 
     groups: dict[str, list[Run]] = {}
     for run in runs:

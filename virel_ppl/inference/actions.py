@@ -47,7 +47,7 @@ class ActionBox:
             raise SpaceError(
                 f"ActionBox: the action space must be bounded, got low={low_t.tolist()}, high={high_t.tolist()}. "
                 "VIREL's prior is uniform on the box, so declare the range of actions that matters with "
-                "virel_ppl.envs.BoundedActions(env, low, high) (ClipAction keeps the space infinite and "
+                "virel_ppl.runtime.envs.BoundedActions(env, low, high) (ClipAction keeps the space infinite and "
                 "RescaleAction refuses it); on the command line: gym.register('MyTask-bounded-v0', "
                 "entry_point=lambda **kw: BoundedActions(gym.make('MyTask-v0', **kw), -1.0, 1.0)) in a module "
                 "of yours, then --env yourmodule:MyTask-bounded-v0."
@@ -69,7 +69,8 @@ class ActionBox:
         if not isinstance(space, spaces.Box):
             raise SpaceError(
                 f"ActionBox needs a continuous Box action space, got {space!r}. For Discrete actions use "
-                "DiscreteActions (virel_ppl.envs.make_env does this) and the CategoricalGuide (--guide categorical)."
+                "DiscreteActions (virel_ppl.runtime.envs.make_env does this) and the CategoricalGuide "
+                "(--guide categorical)."
             )
         if len(space.shape) != 1:
             raise SpaceError(f"Expected a flat Box action space (action_dim,), got shape {space.shape}.")
@@ -224,7 +225,7 @@ class DiscreteActions:
 
     It plays the role of :class:`ActionBox` for discrete tasks: the replay buffer stores one-hot actions,
     the critic reads them as ``(s, one_hot(a))`` and the prior p(a|s) is uniform over the ``n`` actions.
-    ``virel_ppl.envs.make_env`` wraps a ``Discrete`` env so that it accepts these one-hot vectors.
+    ``virel_ppl.runtime.envs.make_env`` wraps a ``Discrete`` env so that it accepts these one-hot vectors.
     """
 
     def __init__(self, n: int, device: torch.device | str = "cpu") -> None:

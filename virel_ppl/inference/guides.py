@@ -7,7 +7,7 @@ Each guide is one ``nn.Module`` with the same small interface:
 - ``guide(states, **model_kwargs)``: the Pyro guide itself — registers the parameters with
   ``pyro.module`` and samples site ``"a"`` inside the ``"states"`` plate, mirroring the model.
 
-Two class attributes tell the estimators in ``virel_ppl.divergences`` what a guide can do: ``has_rsample``
+Two class attributes tell the estimators in ``virel_ppl.inference.divergences`` what a guide can do: ``has_rsample``
 (reparameterised samples, needed by every estimator but ``graph`` and ``enum``) and ``discrete`` (a finite
 action set that ``TraceEnum_ELBO`` can enumerate). The families:
 
@@ -39,10 +39,10 @@ from pyro.distributions.conditional import ConditionalTransform
 from torch import nn
 from torch.nn import functional as F
 
-from virel_ppl.actions import ActionBox, DiscreteActions, SafeTanhTransform, TanhNormal
 from virel_ppl.config import SpaceError
-from virel_ppl.models import check_states
-from virel_ppl.nets import mlp
+from virel_ppl.inference.actions import ActionBox, DiscreteActions, SafeTanhTransform, TanhNormal
+from virel_ppl.inference.models import check_states
+from virel_ppl.inference.nets import mlp
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 # Beta samples are kept this far inside the unit interval, so log-densities stay finite at the box edges.

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from pyro.distributions import Distribution
 
-from virel_ppl.models import Prior, QFunction
+from virel_ppl.inference.models import Prior, QFunction
 
 if TYPE_CHECKING:  # arviz is imported where it is used: `import virel_ppl.train` stays fast
     import arviz as az
@@ -196,7 +196,7 @@ def importance_diagnostics(
     """k̂, ESS and KL of the guide π_θ against ``target`` at ``states``; deterministic given ``seed`` and
     without side effects on torch's global RNG. About a millisecond per state at 256 draws.
 
-    ``policy`` is anything with ``.distribution(states)`` (a :class:`~virel_ppl.guides.PolicyGuide`).
+    ``policy`` is anything with ``.distribution(states)`` (a :class:`~virel_ppl.inference.guides.PolicyGuide`).
     """
     with _seeded(seed):
         _, log_w, parts = guide_log_weights(policy, target, states, num_samples)
@@ -402,7 +402,7 @@ def rollout_states(
     agent: VirelAgent, env_id: str, num_states: int, seed: int = 0, max_steps: int = 1000
 ) -> torch.Tensor:
     """``num_states`` states evenly spaced along one episode of the agent's mode policy (starting at reset)."""
-    from virel_ppl.envs import make_env
+    from virel_ppl.runtime.envs import make_env
 
     env = make_env(env_id)
     obs, _ = env.reset(seed=seed)
@@ -429,7 +429,7 @@ def replay_states(obs: torch.Tensor, num_states: int, seed: int) -> torch.Tensor
 def last_logged_eps(run_dir: Path | str) -> float | None:
     """The ε of the last complete row of the run's ``train.csv`` (None if it logged none). A torn last line (the run
     was killed mid-write) is read past, with a ``TornLineWarning``."""
-    from virel_ppl.logger import read_csv
+    from virel_ppl.runtime.logger import read_csv
 
     path = Path(run_dir) / "train.csv"
     if not path.exists():
@@ -482,7 +482,7 @@ def diagnose_run(
     checkpoint's replay buffer). ``eps`` defaults to the ε of the last complete row of ``train.csv``; without one,
     to ``config.alpha`` for ``virel`` (whose ε is fixed), and for the other algorithms ``ConfigError`` says to pass it.
     """
-    from virel_ppl.checkpoints import agent_from_state, load_checkpoint
+    from virel_ppl.runtime.checkpoints import agent_from_state, load_checkpoint
 
     run_dir = Path(run_dir)
     state, path = load_checkpoint(run_dir, map_location=device)

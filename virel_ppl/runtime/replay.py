@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from virel_ppl.config import ConfigError
-from virel_ppl.em import Batch
+from virel_ppl.inference.em import Batch
 
 #: the per-transition tensors, in ``Batch`` order
 FIELDS = Batch._fields

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from virel_ppl.config import ConfigError
-from virel_ppl.envs import make_eval_envs
-from virel_ppl.nan_policy import check_eval_env_step, check_mode_action
+from virel_ppl.runtime.envs import make_eval_envs
+from virel_ppl.runtime.nan_policy import check_eval_env_step, check_mode_action
 
 
 class Actor(Protocol):

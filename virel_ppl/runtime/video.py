@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from virel_ppl.envs import make_env
-from virel_ppl.evaluation import Actor
+from virel_ppl.runtime.envs import make_env
+from virel_ppl.runtime.evaluation import Actor
 
 
 def record_video(agent: Actor, env_id: str, path: Path, seed: int = 0, max_frames: int = 1000) -> Path:

@@ -23,8 +23,8 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.elbo import ELBO
 
-from virel_ppl.critics import Critic, bellman_target
-from virel_ppl.guides import PolicyGuide
+from virel_ppl.inference.critics import Critic, bellman_target
+from virel_ppl.inference.guides import PolicyGuide
 
 
 class Batch(NamedTuple):

@@ -53,9 +53,9 @@ from pyro.infer.elbo import ELBO
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
 from torch.distributions.kl import register_kl
 
-from virel_ppl.actions import UniformBox
 from virel_ppl.config import ConfigError, check_renyi_alpha, lookup
-from virel_ppl.guides import BoxBeta, PolicyGuide
+from virel_ppl.inference.actions import UniformBox
+from virel_ppl.inference.guides import BoxBeta, PolicyGuide
 
 #: Rényi order used when none is given (``Config.renyi_alpha``): mass-covering, between IWAE (0) and KL (1).
 DEFAULT_RENYI_ALPHA = 0.5
@@ -319,19 +319,20 @@ _PYRO_ONLY: tuple[tuple[type[ELBO], type[ELBO], str], ...] = (
         TraceEnum_ELBO,
         EnumELBO,
         "A plain TraceEnum_ELBO does not know which site to enumerate; "
-        "use virel_ppl.divergences.EnumELBO(), which enumerates the guide's action site.",
+        "use virel_ppl.inference.divergences.EnumELBO(), which enumerates the guide's action site.",
     ),
     (
         RenyiELBO,
         ScaledRenyiELBO,
         "pyro.infer.RenyiELBO computes its weights from scaled log-densities, so the E-step's "
-        "poutine.scale(ε/N) would change α; use virel_ppl.divergences.ScaledRenyiELBO(alpha, num_particles).",
+        "poutine.scale(ε/N) would change α; use virel_ppl.inference.divergences.ScaledRenyiELBO(alpha, num_particles).",
     ),
     (
         TraceTailAdaptive_ELBO,
         ScaledTailAdaptiveELBO,
         "pyro.infer.TraceTailAdaptive_ELBO reports an infinite loss (which the E-step rejects) and mis-ranks "
-        "its particles (pyro-ppl/pyro#3170); use virel_ppl.divergences.ScaledTailAdaptiveELBO(num_particles).",
+        "its particles (pyro-ppl/pyro#3170); use "
+        "virel_ppl.inference.divergences.ScaledTailAdaptiveELBO(num_particles).",
     ),
 )
 

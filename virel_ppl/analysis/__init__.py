@@ -1,0 +1,1 @@
+"""The analysis layer: posterior diagnostics of trained agents and multi-seed reports."""

@@ -1,0 +1,1 @@
+"""The inference layer: the action space, networks, critic, guides, models, divergences and the EM steps."""

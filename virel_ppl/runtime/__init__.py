@@ -1,0 +1,1 @@
+"""The runtime layer: environments, replay, logging, checkpoints and the training loop."""
