@@ -3,6 +3,7 @@
     python benchmarks/fixed_costs.py                                  # 4,000 HalfCheetah-v5 steps, once each
     python benchmarks/fixed_costs.py --roots /path/to/old/checkout .  # before and after, in the same run
     python benchmarks/fixed_costs.py --repeats 2 --steps 2000
+    python benchmarks/fixed_costs.py --per-step 8                     # CPU ms per step, ours and SB3, one process
 
 Each learner runs in a fresh process, one after the other (the order flips at every repeat), with one torch thread
 (``--threads 1`` and ``OMP_NUM_THREADS=1``), so both pay what a user pays and see the same machine load:
@@ -15,16 +16,20 @@ Each learner runs in a fresh process, one after the other (the order flips at ev
   1e6, 1,000 warm-up steps (``learning_starts``), one update per step, seed 0 (as ``benchmarks/throughput.py``).
   Timed: ``learn(N)`` (the issue's reference), and beside it the whole process.
 
-Both use 1,000 warm-up steps (``--warmup-steps`` / ``learning_starts``). ``--roots`` times ``virel_ppl`` from each
-given checkout (through ``PYTHONPATH``; default: the checkout holding this file), so that before and after share one
-run. Then, for the last root, a breakdown of our fixed costs in a fresh process: importing the command line and the
-trainer, and at the evaluation the first and a second call of ``diagnostics.training_diagnostics`` on the trainer's
-eight replay states (the first pays ArviZ's import where it is made there), TensorBoard's writer and the
-learning-curve plot; it also checks that the recomputed diagnostics equal the run's ``diagnostics.csv`` row.
+``--roots`` times ``virel_ppl`` from each given checkout (through ``PYTHONPATH``; default: the checkout holding this
+file), so that before and after share one run. Then, for the last root, a breakdown of our fixed costs in a fresh
+process, in the order a run meets them, on the last run's config and checkpoint: importing the command line and the
+trainer, building the ``Trainer``, TensorBoard's writer, the evaluation episode, a first and a second call of
+``diagnostics.training_diagnostics`` on the trainer's eight replay states (the first pays ArviZ's import), the
+checkpoint and the learning-curve plot; it checks that the recomputed diagnostics equal the run's
+``diagnostics.csv`` row.
 
-Wall seconds depend on the machine's load; CPU seconds (user + system of all the process's threads) much less, so
-both are printed. Ends with ``ratio_vs_sb3_learn X.XX`` and ``cpu_ratio_vs_sb3_learn X.XX``: our command's wall (CPU)
+Wall seconds depend on the machine's load; CPU seconds (user + system, all the process's threads) much less, so both
+are printed. Ends with ``ratio_vs_sb3_learn X.XX`` and ``cpu_ratio_vs_sb3_learn X.XX``: our command's wall (CPU)
 seconds over SB3's ``learn`` wall (CPU) seconds, for the last root, medians over repeats.
+
+``--per-step BLOCKS`` runs instead the per-step comparison, the part of a run that is not fixed: CPU (and wall) ms
+per step of both learners in one process, the runners of ``benchmarks/throughput.py`` in alternating blocks.
 """
 
 from __future__ import annotations
@@ -172,12 +177,44 @@ def breakdown_child(run_dir: Path) -> None:
     print(json.dumps({"times": out, "loaded_by_import": loaded, "diagnostics_match_csv": same}))
 
 
+def per_step(blocks: int, env: str) -> None:
+    """CPU ms per training step (act, env.step, one update), ours against SB3, in this process: the runners of
+    ``benchmarks/throughput.py`` in alternating 100-step blocks after the warm-up, timed by ``time.thread_time``."""
+    import argparse as ap
+
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    import throughput
+
+    torch.set_num_threads(1)
+    targs = ap.Namespace(env=env, device="cpu", batch=256, threads=1)
+    runners = {"virel_ppl": throughput.Ours(throughput._config(targs)), "SB3 SAC": throughput.SB3(targs)}
+    for runner in runners.values():
+        runner.run(20)
+    cpu: dict[str, list[float]] = {name: [] for name in runners}
+    wall: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(blocks):
+        for name, runner in runners.items():
+            c, w = time.thread_time(), time.perf_counter()
+            runner.run(100)
+            cpu[name].append(10 * (time.thread_time() - c))
+            wall[name].append(10 * (time.perf_counter() - w))
+    print(f"\nper step, {blocks} alternating blocks of 100 steps (median); load average {os.getloadavg()[0]:.2f}")
+    print("| learner | CPU ms / step | wall ms / step |\n|---|---|---|")
+    for name in runners:
+        print(f"| {name} | {statistics.median(cpu[name]):.1f} | {statistics.median(wall[name]):.1f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="HalfCheetah-v5")
     parser.add_argument("--steps", type=int, default=4000, help="environment steps of each learner")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each learner (median); the order flips")
     parser.add_argument("--roots", nargs="+", type=Path, default=[REPO], help="checkouts of virel_ppl to time")
+    parser.add_argument(
+        "--per-step", type=int, metavar="BLOCKS", help="instead: CPU ms per step of both, BLOCKS blocks of 100 steps"
+    )
     parser.add_argument("--sb3-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--breakdown-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -185,6 +222,8 @@ def main() -> None:
         return sb3_child(args)
     if args.breakdown_child is not None:
         return breakdown_child(args.breakdown_child)
+    if args.per_step:
+        return per_step(args.per_step, args.env)
 
     import torch
 
