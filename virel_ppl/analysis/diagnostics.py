@@ -194,7 +194,9 @@ def importance_diagnostics(
     policy, target: BoltzmannTarget, states: torch.Tensor, num_samples: int = 256, seed: int = 0
 ) -> ImportanceDiagnostics:
     """k̂, ESS and KL of the guide π_θ against ``target`` at ``states``; deterministic given ``seed`` and
-    without side effects on torch's global RNG. About a millisecond per state at 256 draws.
+    without side effects on torch's global RNG. About a millisecond per state at 256 draws; the first call in a
+    process also pays for importing ArviZ (which imports SciPy's stats, pandas, xarray and matplotlib): seconds,
+    nearly all of what the diagnostics of a short run cost (docs/results.md, "Fixed costs of a short run").
 
     ``policy`` is anything with ``.distribution(states)`` (a :class:`~virel_ppl.inference.guides.PolicyGuide`).
     """
