@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import pyro
 import pyro.poutine as poutine
@@ -44,9 +45,11 @@ from virel_ppl.inference.em import (
     load_optimizer_state,
     soft_value_target,
 )
-from virel_ppl.inference.guides import PolicyGuide
 from virel_ppl.inference.models import pseudo_likelihood_model, virel_model
 from virel_ppl.inference.nets import mlp
+
+if TYPE_CHECKING:  # annotations only
+    from virel_ppl.inference.guides import PolicyGuide
 
 Stats = dict[str, torch.Tensor]
 

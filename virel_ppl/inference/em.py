@@ -14,7 +14,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import pyro
 import pyro.optim
@@ -24,7 +24,9 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.elbo import ELBO
 
 from virel_ppl.inference.critics import Critic, bellman_target
-from virel_ppl.inference.guides import PolicyGuide
+
+if TYPE_CHECKING:  # annotations only: the E-step and M-step take any guide
+    from virel_ppl.inference.guides import PolicyGuide
 
 
 class Batch(NamedTuple):
@@ -269,7 +271,7 @@ class SVIStep:
 
 # --- value targets: what V_ψ(s) regresses to (a choice, not a fork) -------------------------------------------
 
-ValueTarget = Callable[[Critic, PolicyGuide, torch.Tensor], torch.Tensor]
+ValueTarget = Callable[[Critic, "PolicyGuide", torch.Tensor], torch.Tensor]
 
 
 def hard_value_target(critic: Critic, policy: PolicyGuide, states: torch.Tensor) -> torch.Tensor:
