@@ -143,10 +143,11 @@ def breakdown_child(run_dir: Path) -> None:
     loaded = sorted(m for m in heavy if m in sys.modules)
     import torch
 
-    from virel_ppl.checkpoints import load_checkpoint, saved_config
-    from virel_ppl.diagnostics import replay_states, training_diagnostics
-    from virel_ppl.logger import RunLogger, plot_learning_curve, read_csv
-    from virel_ppl.train import Trainer, evaluate
+    from virel_ppl.analysis.diagnostics import replay_states, training_diagnostics
+    from virel_ppl.runtime.checkpoints import load_checkpoint, saved_config
+    from virel_ppl.runtime.evaluation import evaluate
+    from virel_ppl.runtime.logger import RunLogger, plot_learning_curve, read_csv
+    from virel_ppl.train import Trainer
 
     state, path = load_checkpoint(run_dir)
     config = saved_config(state, path)

@@ -409,7 +409,8 @@ def test_no_runtime_import_circle():
 def test_the_loop_imports_no_diagnostics_and_evaluation_no_training():
     """The trainer's diagnostics come in as a hook (train.py plugs them in); the SB3 baseline evaluates as ours do
     without importing the training loop."""
-    imports = {m: _runtime_imports(ROOT / "virel_ppl" / f"{m}.py", "virel_ppl") for m in ("trainer", "baselines")}
+    paths = {"trainer": "runtime/trainer.py", "baselines": "baselines.py"}
+    imports = {m: _runtime_imports(ROOT / "virel_ppl" / path, "virel_ppl") for m, path in paths.items()}
     assert not {"virel_ppl.analysis.diagnostics", "virel_ppl.train"} & imports["trainer"]
     assert not {"virel_ppl.train", "virel_ppl.runtime.trainer"} & imports["baselines"]
     assert "virel_ppl.runtime.evaluation" in imports["baselines"]
