@@ -1,7 +1,7 @@
 """A new algorithm is a small class in the variant registry; the trainer does not change.
 
     python examples/custom_variant.py                         # VIREL with a control cost on InvertedPendulum-v5
-    python examples/custom_variant.py --config.algo virel_anneal --config.env Pendulum-v1
+    python examples/custom_variant.py --algo virel_anneal --env Pendulum-v1
 
 Two edits of VIREL (``virel_ppl.variants.Variant``):
 
