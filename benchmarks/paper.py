@@ -292,6 +292,9 @@ def table(results: Path, tasks, algos, budget: int, ci: float = 0.95) -> str:
         for algo, seeds, cells, speed in rows:
             verdict = "–"
             if algo != REFERENCE and algo in finals and REFERENCE in finals:
+                if min(len(finals[algo]), len(finals[REFERENCE])) < 2:  # one seed's "CI" is a point: no verdict
+                    lines.append(f"| {env} | {algo} | {seeds} | {' | '.join(cells)} | {speed} | – (one seed) |")
+                    continue
                 a, b = bootstrap_ci(finals[algo], iqm, ci), bootstrap_ci(finals[REFERENCE], iqm, ci)
                 verdict = "behind" if a[1] < b[0] else "ahead" if a[0] > b[1] else "on par (CIs overlap)"
             lines.append(f"| {env} | {algo} | {seeds} | {' | '.join(cells)} | {speed} | {verdict} |")

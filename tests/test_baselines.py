@@ -164,6 +164,15 @@ def test_the_table_reports_a_diverged_trial_as_diverged_and_compares_with_sac(tm
     assert beta.endswith("| ahead |")  # every resampled IQM of beta (≥ 100) is above every one of SAC (≤ 30)
 
 
+def test_one_seed_gives_no_verdict_against_sac(tmp_path):
+    """A single seed's bootstrap interval is a point: the table says so instead of calling 100 "ahead" of 10."""
+    _result(tmp_path, "Hopper-v5__beta__0", {5000: 0.0, 10_000: 100.0})
+    _result(tmp_path, "Hopper-v5__sb3_sac__0", {5000: 0.0, 10_000: 10.0})
+    table = paper.table(tmp_path, ["Hopper-v5"], ["beta", "sb3_sac"], 10_000)
+    beta = next(line for line in table.splitlines() if "| beta |" in line)
+    assert beta.endswith("| – (one seed) |") and "| 100 ± 0 |" in beta
+
+
 def test_under_a_new_root_only_the_trials_not_yet_finished_run(tmp_path, monkeypatch):
     """A lost root: the trials finished in --results are left out; with none left the table is printed."""
     results = tmp_path / "res"
