@@ -287,7 +287,7 @@ class Config:
 
     def first_update_step(self) -> int | None:
         """The environment step of the run's first gradient update, or None when the run ends before it: the
-        trainer's own schedule (``schedule.UpdateSchedule``), played forward."""
+        trainer's own schedule (:class:`UpdateSchedule`), played forward."""
         return UpdateSchedule.of(self).first_update(self.total_steps)
 
     def _check_updates_happen(self) -> None:

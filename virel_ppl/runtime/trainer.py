@@ -4,7 +4,7 @@
 it to ``config.total_steps``. What happens after an evaluation besides ``eval.csv`` (``train.py`` adds the guide's
 PSIS diagnostics) and after every step (a sweep's reports) comes in as hooks, so this module knows nothing of
 diagnostics or sweeps. Setting up the run directory and resuming are ``train.py``'s, checkpoint files
-``checkpoints.py``'s, when updates happen ``schedule.py``'s, and what a NaN or inf does ``nan_policy.py``'s.
+``checkpoints.py``'s, when updates happen ``config.UpdateSchedule``'s, and what a NaN or inf does ``nan_policy.py``'s.
 
 Ctrl-C or SIGTERM stops at the next step boundary and writes a checkpoint from which a resume continues exactly as
 if the run had not stopped (on CPU); a second one stops at once, without one (:class:`StoppedWithoutCheckpoint`).
@@ -184,7 +184,7 @@ class Trainer:
         return None
 
     def update(self) -> None:
-        """The gradient updates this step owes (``schedule.py``), each on a fresh replay batch."""
+        """The gradient updates this step owes (``config.UpdateSchedule``), each on a fresh replay batch."""
         for _ in range(self.schedule.due(self.step)):
             self.stats = self.agent.update(self.replay.sample(self.config.batch_size), step=self.step)
 
