@@ -129,13 +129,20 @@ def _last_step(path: Path) -> int:
 
 
 def record_commits(root: Path, trials, commit: str) -> None:
-    """Append this driver's commit, and the step each unfinished trial continues from, to ROOT/commits.json."""
+    """Append this driver's commit, and the step each unfinished trial continues from, to ROOT/commits.json.
+
+    That step is the one its checkpoint holds (what a resume loads), not the last one it logged: an SB3 trial has no
+    checkpoint and starts again from 0, and ours lose what they logged after their last checkpoint."""
+    from virel_ppl.runtime.checkpoints import checkpoint_step
+
     path = root / "commits.json"
     seen = json.loads(path.read_text()) if path.exists() else {}
     for t in trials:
-        step = _last_step(root / t.name / "eval.csv")
-        if step < t.config.total_steps:
-            seen.setdefault(t.name, []).append({"commit": commit, "from_step": step, "started": time.strftime("%F %T")})
+        if _last_step(root / t.name / "eval.csv") < t.config.total_steps:
+            step = checkpoint_step(root / t.name) or 0
+            entry = {"commit": commit, "from_step": step, "started": time.strftime("%F %T")}
+            # from scratch, nothing run before counts: the record names only the commits behind the data
+            seen[t.name] = [*seen.get(t.name, []), entry] if step else [entry]
     root.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(seen, indent=1))
 

@@ -141,6 +141,21 @@ def test_an_unknown_task_stops_the_study_before_any_trial(tmp_path, capsys, monk
     assert not (tmp_path / "res").exists()
 
 
+def test_the_commit_record_gives_the_step_a_resume_loads_not_the_last_logged(tmp_path):
+    import torch
+
+    plan = paper.plan_trials(args(tasks=["Hopper-v5"], algos=["beta", "sb3_sac"], then=[], seeds=[0], budget=30_000))
+    for t in plan:  # both stopped after logging 25k; only ours has a checkpoint, from 20k
+        (tmp_path / t.name).mkdir()
+        (tmp_path / t.name / "eval.csv").write_text("step,return_mean,return_std\n20000,1,0\n25000,2,0\n")
+    torch.save({"config": {}, "step": 20_000, "agent": {}}, tmp_path / "Hopper-v5__beta__0" / "checkpoint.pt")
+    paper.record_commits(tmp_path, plan, "abc")
+    paper.record_commits(tmp_path, plan, "def")  # a second driver: ours continues, SB3's starts again
+    seen = json.loads((tmp_path / "commits.json").read_text())
+    assert [(r["commit"], r["from_step"]) for r in seen["Hopper-v5__beta__0"]] == [("abc", 20_000), ("def", 20_000)]
+    assert [(r["commit"], r["from_step"]) for r in seen["Hopper-v5__sb3_sac__0"]] == [("def", 0)]
+
+
 def _result(root: Path, name: str, returns: dict[int, float], error: str | None = None) -> None:
     out = root / name
     out.mkdir(parents=True)
