@@ -106,6 +106,32 @@ def test_a_torn_last_line_is_dropped_on_resume_with_a_warning(pendulum_run, run_
         assert [row[0] for row in csv.reader(fh)] == ["step", "60", "120", "180"]
 
 
+def test_a_resume_by_code_that_logs_more_columns_keeps_every_value_under_its_name(run_copy, tmp_path):
+    """train.csv as older code wrote it (no policy/entropy, columns in another order); resumed to 180 steps, each
+    column holds what a straight run holds, and the new column is empty (NaN) in the rows written before it."""
+    with open(run_copy / "train.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    older = [k for k in reversed(list(rows[0])) if k != "policy/entropy"]
+    older.remove("step")
+    with open(run_copy / "train.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["step", *older], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    main(["train", "--resume", str(run_copy), "--total-steps", "180"])
+    ref = tmp_path / "ref"
+    tiny_train(ref, total=180)
+    resumed, straight = read_csv(run_copy / "train.csv"), read_csv(ref / "train.csv")
+    assert list(resumed) == ["step", *older, "policy/entropy"]
+    assert {k: resumed[k] for k in straight if k != "policy/entropy"} == {
+        k: v for k, v in straight.items() if k != "policy/entropy"
+    }
+    before = [s <= 120 for s in straight["step"]]  # the checkpoint the resume loads is at 120
+    assert [np.isnan(h) for h in resumed["policy/entropy"]] == before
+    assert [h for h, old in zip(resumed["policy/entropy"], before) if not old] == [
+        h for h, old in zip(straight["policy/entropy"], before) if not old
+    ]
+
+
 @pytest.mark.parametrize("torn", ["12", "120,-1200.5", "120,-1200.5,0.0"])  # the last: digits may be missing
 def test_report_and_diagnose_read_past_a_torn_last_line(run_copy, tmp_path, capsys, torn):
     with open(run_copy / "eval.csv", newline="") as fh:

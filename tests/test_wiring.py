@@ -31,6 +31,7 @@ from virel_ppl.config import Config
 from virel_ppl.inference.actions import ActionBox
 from virel_ppl.inference.em import Batch
 from virel_ppl.inference.guides import DiagonalGaussianGuide, PolicyGuide
+from virel_ppl.runtime.logger import read_csv
 from virel_ppl.train import Trainer, train
 
 BOX = ActionBox([-1.0], [1.0])
@@ -496,3 +497,29 @@ def test_an_unbounded_guides_samples_are_scored_clipped_to_the_box(algo):
     update(agent)
     actions = torch.cat([a.reshape(-1) for a in scored])
     assert actions.numel() > 8 and actions.abs().max() <= 1.0
+
+
+# --- what train.csv reads out -------------------------------------------------------------------------------------
+
+
+def test_train_csv_logs_the_entropy_of_the_policy_being_trained(tmp_path):
+    """A guide uniform on [−0.5, 0.25] whatever the state has H(π) = log 0.75 exactly: every train.csv row says so."""
+    cfg = Config(env="Pendulum-v1", **TINY, total_steps=160, run_dir=tmp_path / "r")
+    train(cfg, policy_factory=lambda obs_dim, box: UniformGuide(-0.5, 0.25, box=box))
+    rows = read_csv(tmp_path / "r" / "train.csv")
+    assert len(rows["policy/entropy"]) >= 2
+    assert rows["policy/entropy"] == pytest.approx([math.log(0.75)] * len(rows["step"]), abs=1e-6)
+
+
+def test_the_entropy_read_out_is_a_monte_carlo_estimate_that_leaves_trainings_random_stream_alone():
+    """For a Gaussian guide H = Σ log σ + d/2 · log(2πe) per state; one sample on each of 20,000 states estimates
+    its mean to ≈ 0.005 (the sd of −log π is √(d/2) = 0.71 for d = 1)."""
+    torch.manual_seed(0)
+    agent = VirelAgent(3, BOX, Config(hidden=(4,)), policy=DiagonalGaussianGuide(3, BOX, hidden=(4,)))
+    states = torch.randn(20_000, 3)
+    with torch.no_grad():
+        scale = agent.policy.distribution(states).base_dist.scale
+    exact = (scale.log().sum(-1) + 0.5 * math.log(2 * math.pi * math.e)).mean()
+    before = torch.get_rng_state()
+    assert float(agent.policy_entropy(states)) == pytest.approx(float(exact), abs=0.03)
+    assert torch.equal(torch.get_rng_state(), before)

@@ -182,6 +182,15 @@ class VirelAgent:
         """Actions on the box for a batch of observations: π_θ samples, or the mode when ``deterministic``."""
         return self.box.clip(self.policy.act(obs, deterministic))
 
+    @torch.no_grad()
+    def policy_entropy(self, states: torch.Tensor) -> torch.Tensor:
+        """H(π_θ(·|s)) averaged over ``states``: −log π_θ(a|s) at one a ~ π_θ(·|s) per state, a diagnostic read when
+        logging (0-d tensor). It draws from a fork of torch's random state, so training draws what it would without."""
+        cuda = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            pi = self.policy.distribution(states)
+            return -pi.log_prob(pi.sample()).mean()
+
     def state_dict(self) -> dict:
         return {
             "policy": self.policy.state_dict(),

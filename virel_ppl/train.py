@@ -1,11 +1,11 @@
 """``train(config)``: start (or, with ``resume=RUN_DIR``, continue) one run in its directory and return its summary.
 
-A run directory holds ``config.json``, ``train.csv``, ``eval.csv``, ``episodes.csv``, ``diagnostics.csv`` (ε and the
-guide's PSIS k̂ at each evaluation, see ``diagnostics.py``), TensorBoard events, ``learning_curve.png`` and
-``checkpoint.pt``. This is the layer that puts a run together: the loop itself is ``trainer.Trainer`` (which knows
-nothing of diagnostics), checkpoint files and the rules of a resume live in ``checkpoints.py``. Ctrl-C or SIGTERM
-stops at the next step boundary and writes a checkpoint from which ``--resume`` continues exactly as if the run had
-not stopped (on CPU); a second Ctrl-C stops at once, without one.
+A run directory holds ``config.json``, ``train.csv`` (the update's statistics and H(π)), ``eval.csv``,
+``episodes.csv``, ``diagnostics.csv`` (ε and the guide's PSIS k̂ at each evaluation, see ``diagnostics.py``),
+TensorBoard events, ``learning_curve.png`` and ``checkpoint.pt``. This is the layer that puts a run together: the
+loop itself is ``trainer.Trainer`` (which knows nothing of diagnostics), checkpoint files and the rules of a resume
+live in ``checkpoints.py``. Ctrl-C or SIGTERM stops at the next step boundary and writes a checkpoint from which
+``--resume`` continues exactly as if the run had not stopped (on CPU); a second Ctrl-C stops at once, without one.
 """
 
 from __future__ import annotations

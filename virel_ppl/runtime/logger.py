@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,21 +43,34 @@ class RunLogger:
     def log(self, stream: str, step: int, scalars: Mapping[str, float | torch.Tensor]) -> dict[str, float]:
         """Append one row ``step, scalars...`` to ``<stream>.csv``; tensors are read here, not in the hot loop."""
         row = {k: float(v) for k, v in scalars.items()}
-        if stream not in self._files:
-            path = self.run_dir / f"{stream}.csv"
-            new = not path.exists() or path.stat().st_size == 0
-            fh = open(path, "a", newline="")  # noqa: SIM115 - kept open for the run
-            writer = csv.DictWriter(fh, fieldnames=["step", *row])
-            if new:
-                writer.writeheader()
-            self._files[stream] = (fh, writer)
+        if stream not in self._files or not row.keys() <= set(self._files[stream][1].fieldnames):
+            self._open(stream, row)
         fh, writer = self._files[stream]
-        writer.writerow({"step": step, **{k: v for k, v in row.items() if k in writer.fieldnames}})
+        writer.writerow({"step": step, **row})  # by name: a value never lands in another column
         fh.flush()
         if self.writer is not None:
             for k, v in row.items():
                 self.writer.add_scalar(f"{stream}/{k}", v, step)
         return row
+
+    def _open(self, stream: str, row: Mapping[str, float]) -> None:
+        """Open ``<stream>.csv`` for appending under its own header; columns it lacks (a resume by newer code, a
+        statistic that appears later) are added to the header, empty in the rows before."""
+        if stream in self._files:
+            self._files.pop(stream)[0].close()
+        path = self.run_dir / f"{stream}.csv"
+        header = _parse(path)[0] if path.exists() else []
+        fields = (header or ["step"]) + [k for k in row if k not in header]
+        if header and fields != header:
+            _, rows, torn = _parse(path)
+            _warn_torn(path, torn, "dropped when adding the columns " + ", ".join(fields[len(header) :]))
+            with open(path, "w", newline="") as fh:
+                csv.writer(fh).writerows([fields] + [r + [""] * (len(fields) - len(header)) for r in rows])
+        fh = open(path, "a", newline="")  # noqa: SIM115 - kept open for the run
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        if not header:
+            writer.writeheader()
+        self._files[stream] = (fh, writer)
 
     def close(self) -> None:
         for fh, _ in self._files.values():
@@ -88,9 +102,11 @@ def _parse(path: Path) -> tuple[list[str], list[list[str]], list[tuple[int, str]
 
 
 def _numbers(row: list[str]) -> bool:
+    """Every cell a number, or empty (a column added after the row was written, see :meth:`RunLogger._open`)."""
     try:
         for value in row:
-            float(value)
+            if value:
+                float(value)
     except ValueError:
         return False
     return True
@@ -114,14 +130,15 @@ def _truncate_after(path: Path, step: int) -> None:
 
 
 def read_csv(path: Path, warn: bool = True) -> dict[str, list[float]]:
-    """Columns of a logged CSV as lists of floats. Torn lines (see :func:`_parse`) are left out, with a
-    :class:`TornLineWarning` unless ``warn`` is False (e.g. a file that a running run is still writing)."""
+    """Columns of a logged CSV as lists of floats (NaN where a row predates its column). Torn lines (see
+    :func:`_parse`) are left out, with a :class:`TornLineWarning` unless ``warn`` is False (e.g. a file that a running
+    run is still writing)."""
     header, rows, torn = _parse(path)
     if warn:
         _warn_torn(path, torn, "read past it")
     if not rows:
         return {}
-    return {k: [float(r[i]) for r in rows] for i, k in enumerate(header)}
+    return {k: [float(r[i]) if r[i] else math.nan for r in rows] for i, k in enumerate(header)}
 
 
 def plot_learning_curve(eval_csv: Path, out_png: Path, title: str = "") -> Path:

@@ -122,6 +122,7 @@ class Trainer:
         self.episodes = 0
         self.obs, _ = self.env.reset(seed=config.seed)
         self.stats: dict = {}  # the last update's statistics (tensors until logged); {} before the first
+        self.last_states: torch.Tensor | None = None  # the last update's batch of states (for H(π) when logging)
         self.last_eval = float("nan")
         self.best_eval = float("-inf")
         self.loss_growth = LossGrowthWatch()
@@ -186,16 +187,18 @@ class Trainer:
     def update(self) -> None:
         """The gradient updates this step owes (``config.UpdateSchedule``), each on a fresh replay batch."""
         for _ in range(self.schedule.due(self.step)):
-            self.stats = self.agent.update(self.replay.sample(self.config.batch_size), step=self.step)
+            batch = self.replay.sample(self.config.batch_size)
+            self.stats, self.last_states = self.agent.update(batch, step=self.step), batch.obs
 
     def log(self, logger: RunLogger, episode: dict | None) -> None:
         """An ended episode's return and length; every ``log_every`` steps the last update's statistics, once they
-        are known to be finite."""
+        are known to be finite, and the policy's entropy on that update's states."""
         if episode is not None:
             logger.log("episodes", self.step, {"return": episode["r"], "length": episode["l"]})
         if self.stats and self.step % self.config.log_every == 0:
             check_updates(self.agent, self.step)
-            row = logger.log("train", self.step, self.stats)
+            entropy = self.agent.policy_entropy(self.last_states)
+            row = logger.log("train", self.step, {**self.stats, "policy/entropy": entropy})
             self.loss_growth.see(row.get("critic/q_loss", 0.0), self.step)
 
     def evaluate(self, logger: RunLogger) -> None:
