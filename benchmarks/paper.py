@@ -25,7 +25,8 @@ evaluation) and ``commits.json`` (the commit of each driver that ran part of it,
 copied to ``--results`` (default ``benchmarks/results/paper/<trial>/``); a trial that failed is copied with its
 ``error.txt`` and shows in the table as diverged or failed, never as a number. ``--table`` prints the Markdown table
 (return at 25k, 50k and the budget: mean ± sd and IQM with a 95 % bootstrap CI over seeds; env steps/s; ahead, on par
-or behind SAC) and writes the curves (``virel_ppl report``) beside the results.
+or behind SAC), the training signals behind it (ε, TD-MSE, H(π) and mean Q from ``train.csv`` near the same steps)
+and writes the curves (``virel_ppl report``) beside the results.
 """
 
 from __future__ import annotations
@@ -308,6 +309,44 @@ def table(results: Path, tasks, algos, budget: int, ci: float = 0.95) -> str:
     return "\n".join(lines)
 
 
+SIGNALS = (("eps", "ε"), ("critic/td_mse", "TD-MSE"), ("policy/entropy", "H(π)"), ("critic/q_mean", "mean Q"))
+
+
+def signals(results: Path, tasks, algos, budget: int, window: int = 5_000) -> str:
+    """What the learners' train.csv says near 25k, 50k and the budget: each value the mean of the rows logged in the
+    ``window`` steps up to the mark, then the mean over the finished seeds. Ours on their scaled rewards; SB3's SAC
+    logs its temperature α (in the ε column; 1/α is its reward scale) and its critic loss (the same twin mean of
+    E[δ²] as our TD-MSE, on unscaled rewards). "–": not logged (H(π) is logged since commit 88cbfa5)."""
+    from virel_ppl.runtime.logger import read_csv
+
+    marks = sorted({s for s in (25_000, 50_000, budget) if s <= budget})
+    lines = ["| task | learner | seeds | step | " + " | ".join(label for _, label in SIGNALS) + " |"]
+    lines.append("|---|---|---|---|" + "---|" * len(SIGNALS))
+    for env in tasks:
+        for algo in algos:
+            ok = [o for o in sorted(results.glob(f"{env}__{algo}__*")) if _status(o) == "finished"]
+            logs = [read_csv(o / "train.csv") for o in ok if (o / "train.csv").exists()]
+            if not logs:
+                continue
+            for m in marks:
+                cells = []
+                for column, _ in SIGNALS:
+                    column = (
+                        {"eps": "sac/alpha", "critic/td_mse": "critic/q_loss"}.get(column, column)
+                        if (algo == REFERENCE)
+                        else column
+                    )
+                    means = []
+                    for log in logs:
+                        vals = [v for s, v in zip(log.get("step", []), log.get(column, [])) if m - window < s <= m]
+                        vals = [v for v in vals if np.isfinite(v)]
+                        if vals:
+                            means.append(np.mean(vals))
+                    cells.append(f"{np.mean(means):.3g}" if means else "–")
+                lines.append(f"| {env} | {algo} | {len(logs)} | {m // 1000}k | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_curves(results: Path, out: Path) -> Path | None:
     """Learning curves with HDI bands over seeds (``virel_ppl report``) of the finished trials."""
     from virel_ppl.analysis.report import write_report
@@ -338,6 +377,8 @@ def main() -> None:
     try:
         if args.table:
             print(table(args.results, args.tasks, args.algos + args.then, args.budget))
+            print("\nTraining signals (train.csv):\n")
+            print(signals(args.results, args.tasks, args.algos + args.then, args.budget))
             report = write_curves(args.results, args.results / "report")
             print(f"curves: {report.parent if report else 'none yet'}")
         else:

@@ -188,6 +188,22 @@ def test_one_seed_gives_no_verdict_against_sac(tmp_path):
     assert beta.endswith("| – (one seed) |") and "| 100 ± 0 |" in beta
 
 
+def test_the_signals_table_averages_the_window_before_each_mark_then_the_seeds(tmp_path):
+    """ε at 10k: seed 0 logs 0.2 and 0.4 in (5k, 10k] (its 0.9 at 5k is outside): 0.3; seed 1 logs 0.5: the mean
+    0.4. H(π) was not logged by seed 1 and is NaN in a row of seed 0: 1.5 from seed 0's other row. SB3's ε is α."""
+    train = {
+        "Hopper-v5__beta__0": "step,eps,critic/td_mse,policy/entropy\n5000,0.9,9,9\n7500,0.2,1,nan\n10000,0.4,3,1.5\n",
+        "Hopper-v5__beta__1": "step,eps,critic/td_mse\n10000,0.5,5\n",
+        "Hopper-v5__sb3_sac__0": "step,critic/q_loss,sac/alpha\n10000,7,0.05\n",
+    }
+    for name, text in train.items():
+        _result(tmp_path, name, {5000: 0.0, 10_000: 1.0})
+        (tmp_path / name / "train.csv").write_text(text)
+    rows = paper.signals(tmp_path, ["Hopper-v5"], ["beta", "sb3_sac"], 10_000, window=5_000).splitlines()
+    assert "| Hopper-v5 | beta | 2 | 10k | 0.4 | 3.5 | 1.5 | – |" in rows
+    assert "| Hopper-v5 | sb3_sac | 1 | 10k | 0.05 | 7 | – | – |" in rows
+
+
 def test_under_a_new_root_only_the_trials_not_yet_finished_run(tmp_path, monkeypatch):
     """A lost root: the trials finished in --results are left out; with none left the table is printed."""
     results = tmp_path / "res"
