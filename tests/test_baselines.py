@@ -1,9 +1,11 @@
-"""SB3's SAC as an external reference run (``virel_ppl/baselines.py``) and the study driver ``benchmarks/paper.py``."""
+"""SB3's SAC as an external reference run (``virel_ppl/baselines.py``), the study driver ``benchmarks/paper.py`` and
+its policy probe ``benchmarks/probe_policy.py``."""
 
 from __future__ import annotations
 
 import argparse
 import builtins
+import csv
 import json
 import sys
 from pathlib import Path
@@ -218,3 +220,23 @@ def test_under_a_new_root_only_the_trials_not_yet_finished_run(tmp_path, monkeyp
     assert ran == []  # both finished: nothing to run
     paper.run(argparse.Namespace(**{**vars(a), "algos": ["beta", "virel", "sb3_sac"]}))
     assert ran == [["Hopper-v5__virel__0"]]
+
+
+# --- benchmarks/probe_policy.py -----------------------------------------------------------------------------------
+
+
+def test_the_policy_probe_reads_the_run_it_is_given(pendulum_run):
+    """On the tiny Pendulum run: its checkpoint's step, the ε of its last train.csv row (virel: α = 1), the mode's
+    return as the evaluation loop gives it on the probe's seeds, and a different return from sampled actions."""
+    import probe_policy
+
+    from virel_ppl.runtime.checkpoints import load_agent
+    from virel_ppl.runtime.evaluation import evaluate
+
+    p = probe_policy.probe(pendulum_run, num_states=64, episodes=2)
+    with open(pendulum_run / "train.csv", newline="") as fh:
+        last_eps = float(list(csv.DictReader(fh))[-1]["eps"])
+    agent, _ = load_agent(pendulum_run)
+    assert (p["step"], p["eps"]) == (120, last_eps) == (120, 1.0)
+    assert p["mode_return"] == pytest.approx(evaluate(agent, "Pendulum-v1", 2, seed=20_000).mean())
+    assert p["sampled_return"] != p["mode_return"] and 0.0 <= p["at_edge"] <= 1.0
