@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -64,8 +65,10 @@ class RunLogger:
         if header and fields != header:
             _, rows, torn = _parse(path)
             _warn_torn(path, torn, "dropped when adding the columns " + ", ".join(fields[len(header) :]))
-            with open(path, "w", newline="") as fh:
+            tmp = path.with_suffix(".tmp")
+            with open(tmp, "w", newline="") as fh:
                 csv.writer(fh).writerows([fields] + [r + [""] * (len(fields) - len(header)) for r in rows])
+            os.replace(tmp, path)  # a kill mid-rewrite leaves the old file whole
         fh = open(path, "a", newline="")  # noqa: SIM115 - kept open for the run
         writer = csv.DictWriter(fh, fieldnames=fields)
         if not header:
