@@ -310,6 +310,7 @@ def table(results: Path, tasks, algos, budget: int, ci: float = 0.95) -> str:
 
 
 SIGNALS = (("eps", "ε"), ("critic/td_mse", "TD-MSE"), ("policy/entropy", "H(π)"), ("critic/q_mean", "mean Q"))
+SB3_SIGNALS = {"eps": "sac/alpha", "critic/td_mse": "critic/q_loss"}  # what SB3's train.csv logs in their place
 
 
 def signals(results: Path, tasks, algos, budget: int, window: int = 5_000) -> str:
@@ -331,11 +332,8 @@ def signals(results: Path, tasks, algos, budget: int, window: int = 5_000) -> st
             for m in marks:
                 cells = []
                 for column, _ in SIGNALS:
-                    column = (
-                        {"eps": "sac/alpha", "critic/td_mse": "critic/q_loss"}.get(column, column)
-                        if (algo == REFERENCE)
-                        else column
-                    )
+                    if algo == REFERENCE:
+                        column = SB3_SIGNALS.get(column, column)
                     means = []
                     for log in logs:
                         vals = [v for s, v in zip(log.get("step", []), log.get(column, [])) if m - window < s <= m]
