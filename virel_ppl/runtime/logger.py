@@ -60,10 +60,9 @@ class RunLogger:
         if stream in self._files:
             self._files.pop(stream)[0].close()
         path = self.run_dir / f"{stream}.csv"
-        header = _parse(path)[0] if path.exists() else []
+        header, rows, torn = _parse(path) if path.exists() else ([], [], [])
         fields = (header or ["step"]) + [k for k in row if k not in header]
         if header and fields != header:
-            _, rows, torn = _parse(path)
             _warn_torn(path, torn, "dropped when adding the columns " + ", ".join(fields[len(header) :]))
             tmp = path.with_suffix(".tmp")
             with open(tmp, "w", newline="") as fh:
