@@ -26,8 +26,8 @@ import torch
 from pyro.infer.elbo import ELBO
 from tqdm.auto import tqdm
 
-from virel_ppl.agent import VirelAgent, lookup
-from virel_ppl.config import Config, UpdateSchedule
+from virel_ppl.agent import VirelAgent
+from virel_ppl.config import Config, UpdateSchedule, lookup
 from virel_ppl.inference.actions import ActionBox
 from virel_ppl.inference.guides import GUIDES
 from virel_ppl.runtime.checkpoints import (
