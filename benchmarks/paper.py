@@ -27,6 +27,11 @@ copied to ``--results`` (default ``benchmarks/results/paper/<trial>/``); a trial
 (return at 25k, 50k and the budget: mean ± sd and IQM with a 95 % bootstrap CI over seeds; env steps/s; ahead, on par
 or behind SAC), the training signals behind it (ε, TD-MSE, H(π) and mean Q from ``train.csv`` near the same steps)
 and writes the curves (``virel_ppl report``) beside the results.
+
+A tuned row (issue 20, point 4) is a learner of ours with some fields changed, run and reported apart from the
+defaults: ``--tuned virel:alpha=0.2 --tasks Hopper-v5`` runs ``Hopper-v5__virel+alpha=0.2__<seed>`` for the seeds
+(its own sweep, under ``runs/paper-tuned`` unless ``--root`` says otherwise) into the same ``--results``. The table
+puts each tuned row under its task's defaults, by its label, and its curves go to ``report/tuned/``.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +55,7 @@ STAGE1 = ["beta", "virel", "sb3_sac"]
 STAGE2 = ["sac_auto"]
 REFERENCE = "sb3_sac"
 COPIED = ("config.json", "eval.csv", "train.csv")
+TRIAL_FIELDS = ("total_steps", "eval_every", "eval_episodes", "checkpoint_every", "threads")  # the study's, every trial
 HERE = Path(__file__).resolve().parent
 
 
@@ -71,11 +77,68 @@ def trial_config(env: str, algo: str, seed: int, args: argparse.Namespace) -> Co
     return replace(preset_config("paper", env=env), **common)
 
 
+@dataclass(frozen=True)
+class Tuned:
+    """A tuned learner: ``algo`` with ``fields`` changed, named ``label`` in the trials and the table."""
+
+    label: str
+    algo: str
+    fields: dict
+
+
+def parse_tuned(spec: str) -> Tuned:
+    """``"virel:alpha=0.2"`` → ``Tuned("virel+alpha=0.2", "virel", {"alpha": 0.2})``; each field is read as its
+    Config type (``virel_ppl.sweep.parse_set``), one value each."""
+    from virel_ppl.sweep import SweepError, parse_set
+    from virel_ppl.variants import VARIANTS
+
+    algo, _, rest = spec.partition(":")
+    if not rest:
+        raise ConfigError(f"--tuned {spec}: write ALGO:FIELD=VALUE[:FIELD=VALUE...], e.g. --tuned virel:alpha=0.2.")
+    if algo not in VARIANTS:  # SB3's SAC is the reference, run with its own defaults
+        raise ConfigError(f"--tuned {spec}: {algo!r} is not one of our learners ({', '.join(sorted(VARIANTS))}).")
+    try:
+        grid = parse_set(rest.split(":"))
+    except SweepError as err:  # its message names --set: say it of --tuned
+        raise ConfigError(f"--tuned {spec}: {str(err).split(': ', 1)[-1]}") from None
+    for name, values in grid.items():
+        if len(values) != 1:
+            raise ConfigError(f"--tuned {spec}: one value for {name} (give --tuned again for another row).")
+        if name in ("env", "algo", "seed") + TRIAL_FIELDS:
+            raise ConfigError(f"--tuned {spec}: {name} is set by the study itself (--tasks, --seeds, --budget...).")
+    fields = {name: values[0] for name, values in grid.items()}
+    shown = {k: "x".join(map(str, v)) if isinstance(v, tuple) else str(v) for k, v in fields.items()}
+    label = algo + "".join(f"+{k}={v}" for k, v in shown.items())
+    if "__" in label or "/" in label or any(c in label for c in "[]*?"):  # a run directory's name, and a glob's
+        raise ConfigError(f"--tuned {spec}: its values cannot name a run directory; choose plainer ones.")
+    return Tuned(label, algo, fields)
+
+
+def tuned_in(results: Path, tasks) -> list[str]:
+    """The labels of the tuned rows that have trials in ``results`` (on any of ``tasks``), sorted."""
+    names = (p.name.split("__") for t in tasks for p in results.glob(f"{t}__*+*__*") if p.is_dir())
+    return sorted({parts[1] for parts in names if len(parts) == 3})
+
+
+def learners(args: argparse.Namespace) -> list[str]:
+    """The rows of the table: the defaults, then every tuned row in ``--results`` or on the command line."""
+    tuned = [parse_tuned(spec).label for spec in args.tuned]
+    return args.algos + args.then + sorted(set(tuned) | set(tuned_in(args.results, args.tasks)))
+
+
 def plan_trials(args: argparse.Namespace):
-    """The trials, seed-major within each stage."""
+    """The trials, seed-major within each stage; with ``--tuned``, only the tuned rows (seed-major too)."""
     from virel_ppl.sweep import Trial
 
     trials = []
+    if args.tuned:
+        for seed in args.seeds:
+            for env in args.tasks:
+                for tuned in map(parse_tuned, args.tuned):
+                    cfg = replace(trial_config(env, tuned.algo, seed, args), **tuned.fields)
+                    trials.append(Trial(f"{env}__{tuned.label}__{seed}", cfg))
+        return trials
+
     for algos in (args.algos, args.then):
         for seed in args.seeds:
             for env in args.tasks:
@@ -97,6 +160,11 @@ def check_args(args: argparse.Namespace) -> None:
     for algo in args.algos + args.then:
         if algo not in known:
             raise ConfigError(f"Unknown algorithm {algo!r}; choose from {', '.join(known)}.")
+    tuned = [parse_tuned(spec) for spec in args.tuned]
+    if len({t.label for t in tuned}) != len(tuned):
+        raise ConfigError(f"--tuned names a row twice: {' '.join(args.tuned)}.")
+    for t in tuned:  # a value out of range (alpha=-1) says so here, in Config's words
+        replace(trial_config(args.tasks[0], t.algo, args.seeds[0], args), **t.fields).validate()
     warmup = Config().warmup_steps
     if args.budget <= warmup:
         raise ConfigError(
@@ -104,7 +172,7 @@ def check_args(args: argparse.Namespace) -> None:
         )
     if args.eval_every <= 0 or args.budget % args.eval_every:
         raise ConfigError(f"--eval-every {args.eval_every} must be positive and divide --budget {args.budget}.")
-    if any(a in BASELINES for a in args.algos + args.then):
+    if not args.tuned and any(a in BASELINES for a in args.algos + args.then):  # --tuned runs only ours
         require_sb3()
     if len(set(args.seeds)) != len(args.seeds) or len(set(args.tasks)) != len(args.tasks):
         raise ConfigError("--tasks and --seeds must not repeat a value.")
@@ -198,7 +266,7 @@ def run(args: argparse.Namespace) -> None:
             print(f"{len(trials) - len(kept)} trial(s) already finished in {args.results}: not run again")
         trials = kept
         if not trials:
-            print(table(args.results, args.tasks, args.algos + args.then, args.budget))
+            print(table(args.results, args.tasks, learners(args), args.budget))
             return
     record_commits(root, trials, git_commit())
     stop = threading.Event()
@@ -228,7 +296,7 @@ def run(args: argparse.Namespace) -> None:
         print(f"failed: {', '.join(result.failed)} (see {root}/tune/<trial>/error.txt)", file=sys.stderr)
     if result.interrupted:
         raise SystemExit("The study stopped; run the same command again to continue it.")
-    print(table(args.results, args.tasks, args.algos + args.then, args.budget))
+    print(table(args.results, args.tasks, learners(args), args.budget))
 
 
 # --- the table --------------------------------------------------------------------------------------------------
@@ -346,11 +414,17 @@ def signals(results: Path, tasks, algos, budget: int, window: int = 5_000) -> st
 
 
 def write_curves(results: Path, out: Path) -> Path | None:
-    """Learning curves with HDI bands over seeds (``virel_ppl report``) of the finished trials."""
+    """Learning curves with HDI bands over seeds (``virel_ppl report``) of the finished trials: the defaults in
+    ``out``, the tuned rows apart in ``out/tuned`` (grouped by the fields they change as well)."""
     from virel_ppl.analysis.report import write_report
 
     done = [p for p in sorted(results.glob("*__*__*")) if p.is_dir() and _status(p) == "finished"]
-    return write_report(done, out) if done else None
+    tuned = [p for p in done if "+" in p.name.split("__")[1]]
+    fields = sorted({f.split("=")[0] for p in tuned for f in p.name.split("__")[1].split("+")[1:]})
+    if tuned:
+        write_report(tuned, out / "tuned", by=("env", "algo", *fields))
+    defaults = [p for p in done if p not in tuned]
+    return write_report(defaults, out) if defaults else None
 
 
 def main() -> None:
@@ -362,7 +436,12 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=100_000, help="env steps of every trial")
     parser.add_argument("--eval-every", type=int, default=5_000)
     parser.add_argument("--eval-episodes", type=int, default=10)
-    parser.add_argument("--root", type=Path, default=Path("runs/paper"), help="run directories and Tune's state")
+    parser.add_argument(
+        "--tuned", nargs="*", default=[], metavar="ALGO:FIELD=VALUE",
+        help="run only these tuned rows (e.g. virel:alpha=0.2), reported apart from the defaults",
+    )  # fmt: skip
+    parser.add_argument("--root", type=Path, default=None, help="run directories and Tune's state (default: runs/paper;"
+                        " runs/paper-tuned with --tuned)")  # fmt: skip
     parser.add_argument("--results", type=Path, default=HERE / "results" / "paper", help="where finished trials go")
     parser.add_argument("--max-concurrent", type=int, default=2, help="trials at once (each single-threaded)")
     parser.add_argument("--address", default=None, help="a running Ray cluster (auto, HOST:PORT); default: local")
@@ -372,11 +451,12 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--table", action="store_true", help="print the table of --results and write its curves")
     args = parser.parse_args()
+    args.root = args.root or Path("runs/paper-tuned" if args.tuned else "runs/paper")
     try:
         if args.table:
-            print(table(args.results, args.tasks, args.algos + args.then, args.budget))
+            print(table(args.results, args.tasks, learners(args), args.budget))
             print("\nTraining signals (train.csv):\n")
-            print(signals(args.results, args.tasks, args.algos + args.then, args.budget))
+            print(signals(args.results, args.tasks, learners(args), args.budget))
             report = write_curves(args.results, args.results / "report")
             print(f"curves: {report.parent if report else 'none yet'}")
         else:

@@ -7,7 +7,9 @@ import argparse
 import builtins
 import csv
 import json
+import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import gymnasium as gym
@@ -101,6 +103,7 @@ def test_a_sweep_runs_sb3_beside_ours_and_reports_them_apart(tmp_path):
 
 def args(**kw) -> argparse.Namespace:
     defaults = dict(tasks=["HalfCheetah-v5", "Hopper-v5"], algos=["beta", "sb3_sac"], then=["sac_auto"], seeds=[0, 1])
+    defaults |= dict(tuned=[])
     defaults |= dict(budget=10_000, eval_every=5_000, eval_episodes=10)
     return argparse.Namespace(**{**defaults, **kw})
 
@@ -220,6 +223,85 @@ def test_under_a_new_root_only_the_trials_not_yet_finished_run(tmp_path, monkeyp
     assert ran == []  # both finished: nothing to run
     paper.run(argparse.Namespace(**{**vars(a), "algos": ["beta", "virel", "sb3_sac"]}))
     assert ran == [["Hopper-v5__virel__0"]]
+
+
+def test_a_tuned_row_is_our_learner_with_the_given_fields_and_only_it_runs():
+    tuned = paper.parse_tuned("virel:alpha=0.2:hidden=[64,64]")
+    assert (tuned.label, tuned.algo, tuned.fields) == (
+        "virel+alpha=0.2+hidden=64x64",
+        "virel",
+        {"alpha": 0.2, "hidden": (64, 64)},
+    )
+    trials = paper.plan_trials(args(tasks=["Hopper-v5"], tuned=["virel:alpha=0.2"]))
+    assert [t.name for t in trials] == ["Hopper-v5__virel+alpha=0.2__0", "Hopper-v5__virel+alpha=0.2__1"]
+    cfg, default = trials[1].config, paper.trial_config("Hopper-v5", "virel", 1, args())
+    assert cfg.alpha == 0.2 and default.alpha == 1.0  # the paper preset's c = 1, changed in the tuned row only
+    assert replace(cfg, alpha=1.0) == default  # nothing else differs from the default row
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("virel", "write ALGO:FIELD=VALUE"),
+        ("sb3_sac:alpha=0.2", "'sb3_sac' is not one of our learners"),
+        ("virel:alpha=0.1,0.2", "one value for alpha"),
+        ("virel:total_steps=5000", "total_steps is set by the study itself"),
+        ("virel:alpah=0.2", "no field 'alpah'"),
+        ("virel:alpha=low", "'low' is not a valid float"),
+        ("virel:alpha=-1", "--alpha must be > 0"),
+    ],
+)
+def test_a_bad_tuned_row_is_one_line(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        paper.check_args(args(tuned=[spec]))
+
+
+def test_the_table_puts_a_tuned_row_under_its_task_with_a_verdict_against_sac(tmp_path, capsys, monkeypatch):
+    """Through ``paper.py --table``: the tuned row found in --results is printed after the defaults of its task."""
+    for seed, (tuned, default, sac) in enumerate([(700.0, 300.0, 500.0), (800.0, 310.0, 550.0), (900.0, 320.0, 600.0)]):
+        _result(tmp_path, f"Hopper-v5__virel+alpha=0.2__{seed}", {5000: 0.0, 10_000: tuned})
+        _result(tmp_path, f"Hopper-v5__virel__{seed}", {5000: 0.0, 10_000: default})
+        _result(tmp_path, f"Hopper-v5__sb3_sac__{seed}", {5000: 0.0, 10_000: sac})
+    monkeypatch.setattr(paper, "write_curves", lambda results, out: None)
+    argv = ["paper.py", "--table", "--tasks", "Hopper-v5", "--algos", "virel", "sb3_sac", "--then"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--budget", "10000", "--results", str(tmp_path)])
+    paper.main()
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| Hopper-v5 |")]
+    assert [r.split(" | ")[1] for r in rows[:3]] == ["virel", "sb3_sac", "virel+alpha=0.2"]
+    # every resampled IQM of the tuned row (≥ 700) is above every one of SAC (≤ 600); the default's (≤ 320) below
+    assert rows[2].endswith("| ahead |") and "800 ± 82" in rows[2] and rows[0].endswith("| behind |")
+
+
+def test_a_tuned_study_runs_under_its_own_root_and_skips_what_is_finished(tmp_path, monkeypatch):
+    results = tmp_path / "res"
+    _result(results, "Hopper-v5__virel+alpha=0.2__0", {5000: 1.0, 10_000: 2.0})
+    ran, roots = [], []
+    done = argparse.Namespace(failed=[], interrupted=False)
+
+    def sweep(trials, root, **kw):
+        ran.append([t.name for t in trials])
+        roots.append(root)
+        return done
+
+    monkeypatch.setattr("virel_ppl.sweep.sweep", sweep)
+    monkeypatch.chdir(tmp_path)
+    argv = ["paper.py", "--tuned", "virel:alpha=0.2", "--tasks", "Hopper-v5", "--seeds", "0", "1"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--budget", "10000", "--results", str(results)])
+    paper.main()
+    assert ran == [["Hopper-v5__virel+alpha=0.2__1"]] and roots == [tmp_path / "runs" / "paper-tuned"]
+
+
+def test_tuned_curves_are_drawn_apart_from_the_defaults(pendulum_run, tmp_path):
+    for name in ("Pendulum-v1__virel__0", "Pendulum-v1__virel+alpha=0.5__0"):
+        shutil.copytree(pendulum_run, tmp_path / name)
+    cfg = tmp_path / "Pendulum-v1__virel+alpha=0.5__0" / "config.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "alpha": 0.5}))
+    budget = paper._last_step(pendulum_run / "eval.csv")
+    assert paper._status_of(tmp_path / "Pendulum-v1__virel__0", budget) == "finished"
+    paper.write_curves(tmp_path, tmp_path / "report")
+    defaults, tuned = (tmp_path / "report" / "report.md").read_text(), (tmp_path / "report/tuned/report.md").read_text()
+    assert "1 runs in 1 group(s), grouped by env, algo." in defaults and "virel+alpha" not in defaults
+    assert "grouped by env, algo, alpha." in tuned and "| Pendulum-v1 · virel · 0.5 | 1 |" in tuned
 
 
 # --- benchmarks/probe_policy.py -----------------------------------------------------------------------------------
