@@ -198,7 +198,8 @@ def _last_step(path: Path) -> int:
 
 
 def record_commits(root: Path, trials, commit: str) -> None:
-    """Append this driver's commit, and the step each unfinished trial continues from, to ROOT/commits.json.
+    """Append this driver's commit, the step each unfinished trial continues from and the time the driver started
+    (not the trial: a trial waits for a free slot) to ROOT/commits.json.
 
     That step is the one its checkpoint holds (what a resume loads), not the last one it logged: an SB3 trial has no
     checkpoint and starts again from 0, and ours lose what they logged after their last checkpoint."""
