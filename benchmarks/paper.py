@@ -386,7 +386,8 @@ def signals(results: Path, tasks, algos, budget: int, window: int = 5_000) -> st
     """What the learners' train.csv says near 25k, 50k and the budget: each value the mean of the rows logged in the
     ``window`` steps up to the mark, then the mean over the finished seeds. Ours on their scaled rewards; SB3's SAC
     logs its temperature α (in the ε column; 1/α is its reward scale) and its critic loss (the same twin mean of
-    E[δ²] as our TD-MSE, on unscaled rewards). "–": not logged (H(π) is logged since commit 88cbfa5)."""
+    E[δ²] as our TD-MSE, on unscaled rewards). "–": not logged (H(π) is logged since commit 88cbfa5); "(1 of 2
+    seeds)": only so many of the row's seeds logged it."""
     from virel_ppl.runtime.logger import read_csv
 
     marks = sorted({s for s in (25_000, 50_000, budget) if s <= budget})
@@ -409,7 +410,8 @@ def signals(results: Path, tasks, algos, budget: int, window: int = 5_000) -> st
                         vals = [v for v in vals if np.isfinite(v)]
                         if vals:
                             means.append(np.mean(vals))
-                    cells.append(f"{np.mean(means):.3g}" if means else "–")
+                    few = f" ({len(means)} of {len(logs)} seeds)" if 0 < len(means) < len(logs) else ""
+                    cells.append(f"{np.mean(means):.3g}{few}" if means else "–")
                 lines.append(f"| {env} | {algo} | {len(logs)} | {m // 1000}k | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

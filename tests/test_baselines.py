@@ -205,7 +205,7 @@ def test_the_signals_table_averages_the_window_before_each_mark_then_the_seeds(t
         _result(tmp_path, name, {5000: 0.0, 10_000: 1.0})
         (tmp_path / name / "train.csv").write_text(text)
     rows = paper.signals(tmp_path, ["Hopper-v5"], ["beta", "sb3_sac"], 10_000, window=5_000).splitlines()
-    assert "| Hopper-v5 | beta | 2 | 10k | 0.4 | 3.5 | 1.5 | – |" in rows
+    assert "| Hopper-v5 | beta | 2 | 10k | 0.4 | 3.5 | 1.5 (1 of 2 seeds) | – |" in rows
     assert "| Hopper-v5 | sb3_sac | 1 | 10k | 0.05 | 7 | – | – |" in rows
 
 
