@@ -130,20 +130,17 @@ def plan_trials(args: argparse.Namespace):
     """The trials, seed-major within each stage; with ``--tuned``, only the tuned rows (seed-major too)."""
     from virel_ppl.sweep import Trial
 
-    trials = []
     if args.tuned:
+        stages = [[parse_tuned(spec) for spec in args.tuned]]
+    else:  # a default learner is one with nothing changed
+        stages = [[Tuned(algo, algo, {}) for algo in algos] for algos in (args.algos, args.then)]
+    trials = []
+    for stage in stages:
         for seed in args.seeds:
             for env in args.tasks:
-                for tuned in map(parse_tuned, args.tuned):
-                    cfg = replace(trial_config(env, tuned.algo, seed, args), **tuned.fields)
-                    trials.append(Trial(f"{env}__{tuned.label}__{seed}", cfg))
-        return trials
-
-    for algos in (args.algos, args.then):
-        for seed in args.seeds:
-            for env in args.tasks:
-                for algo in algos:
-                    trials.append(Trial(f"{env}__{algo}__{seed}", trial_config(env, algo, seed, args)))
+                for t in stage:
+                    cfg = replace(trial_config(env, t.algo, seed, args), **t.fields)
+                    trials.append(Trial(f"{env}__{t.label}__{seed}", cfg))
     return trials
 
 
@@ -457,9 +454,10 @@ def main() -> None:
     args.root = args.root or Path("runs/paper-tuned" if args.tuned else "runs/paper")
     try:
         if args.table:
-            print(table(args.results, args.tasks, learners(args), args.budget))
+            rows = learners(args)
+            print(table(args.results, args.tasks, rows, args.budget))
             print("\nTraining signals (train.csv):\n")
-            print(signals(args.results, args.tasks, learners(args), args.budget))
+            print(signals(args.results, args.tasks, rows, args.budget))
             report = write_curves(args.results, args.results / "report")
             print(f"curves: {report.parent if report else 'none yet'}")
         else:
