@@ -89,7 +89,7 @@ class Tuned:
 def parse_tuned(spec: str) -> Tuned:
     """``"virel:alpha=0.2"`` → ``Tuned("virel+alpha=0.2", "virel", {"alpha": 0.2})``; each field is read as its
     Config type (``virel_ppl.sweep.parse_set``), one value each."""
-    from virel_ppl.sweep import SweepError, parse_set
+    from virel_ppl.sweep import SweepError, parse_set, value_label
     from virel_ppl.variants import VARIANTS
 
     algo, _, rest = spec.partition(":")
@@ -107,8 +107,7 @@ def parse_tuned(spec: str) -> Tuned:
         if name in ("env", "algo", "seed") + TRIAL_FIELDS:
             raise ConfigError(f"--tuned {spec}: {name} is set by the study itself (--tasks, --seeds, --budget...).")
     fields = {name: values[0] for name, values in grid.items()}
-    shown = {k: "x".join(map(str, v)) if isinstance(v, tuple) else str(v) for k, v in fields.items()}
-    label = algo + "".join(f"+{k}={v}" for k, v in shown.items())
+    label = algo + "".join(f"+{k}={value_label(v)}" for k, v in fields.items())  # as a sweep names its axes
     if "__" in label or "/" in label or any(c in label for c in "[]*?"):  # a run directory's name, and a glob's
         raise ConfigError(f"--tuned {spec}: its values cannot name a run directory; choose plainer ones.")
     return Tuned(label, algo, fields)

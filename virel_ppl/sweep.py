@@ -157,7 +157,8 @@ def parse_set(items: Sequence[str]) -> dict[str, list]:
     return out
 
 
-def _label(value: Any) -> str:
+def value_label(value: Any) -> str:
+    """How a value shows in a run directory's name: ``[64, 64]`` → ``64x64``, ``{"a": 2}`` → ``a2``."""
     if isinstance(value, tuple | list):
         return "x".join(map(str, value))
     if isinstance(value, dict):
@@ -187,7 +188,7 @@ def plan(
             raise SweepError("A sweep puts each run in ROOT/<trial name>: run_dir cannot be swept.")
         if isinstance(values, str) or not isinstance(values, Sequence) or len(values) == 0:
             raise SweepError(f"The values of {name} must be a non-empty list, got {values!r}.")
-        if len({json.dumps(_label(v)) for v in values}) != len(values):
+        if len({json.dumps(value_label(v)) for v in values}) != len(values):
             raise SweepError(f"{name} lists a value twice: {list(values)}.")
     axes = {k: list(v) for k, v in grid.items()}
     overrides: dict[str, Any] = {"progress": False}
@@ -201,8 +202,8 @@ def plan(
         if "checkpoint_every" not in axes:
             cfg = replace(cfg, checkpoint_every=checkpoint_every or cfg.eval_every)
         parts = [cfg.env, cfg.algo]
-        parts += [_label(values[k]) for k in ("guide", "elbo") if k in varying]
-        parts += [f"{k}={_label(values[k])}" for k in order if k in varying and k not in NAMED_AXES]
+        parts += [value_label(values[k]) for k in ("guide", "elbo") if k in varying]
+        parts += [f"{k}={value_label(values[k])}" for k in order if k in varying and k not in NAMED_AXES]
         parts.append(str(cfg.seed))
         trials.append(Trial("__".join(parts).replace("/", "_"), cfg))
     names = [t.name for t in trials]
