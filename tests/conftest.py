@@ -6,6 +6,11 @@ import pytest
 import torch
 from helpers import tiny_train
 
+from virel_ppl.analysis import import_arviz
+
+# before any test module imports ArviZ: pytest-xdist's workers collect at the same moment (see import_arviz)
+import_arviz()
+
 
 @pytest.fixture(autouse=True)
 def _seed_and_clear():

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from pyro.distributions import Distribution
 
+from virel_ppl.analysis import import_arviz
 from virel_ppl.inference.models import Prior, QFunction
 
 if TYPE_CHECKING:  # arviz is imported where it is used: `import virel_ppl.train` stays fast
@@ -104,7 +105,7 @@ def psis(log_weights: np.ndarray, atol: float | np.ndarray = 0.0) -> tuple[np.nd
     float rounding error of computing them) are constant: they have no tail to fit (ArviZ would return k̂ = inf),
     so they get k̂ = −inf (bounded weights have k < 0) and uniform weights.
     """
-    import arviz as az
+    az = import_arviz()
 
     lw = np.asarray(log_weights, dtype=np.float64)
     if not np.isfinite(lw).all():
@@ -230,7 +231,7 @@ class ActionPosterior:
 
     def table(self) -> str:
         """A Markdown table: per state and action dimension, guide vs target mean and HDI, plus k̂ and ESS."""
-        import arviz as az
+        az = import_arviz()
 
         post, tgt = self.idata.posterior["a"], self.idata["target"]["a"]
         hdi_prob = 0.94
@@ -280,7 +281,7 @@ def action_posterior(
         seed: makes the draws reproducible; torch's global RNG is left as it was.
         state_labels: coordinates of the ``state`` dim (default ``0..num_states-1``).
     """
-    import arviz as az
+    az = import_arviz()
     import xarray as xr
 
     if num_samples % num_chains:
@@ -356,7 +357,7 @@ def plot_action_posterior(post: ActionPosterior, path: Path | str | None = None)
 
     One panel per (state, action dim), titled with the state's k̂ and ESS; saved to ``path`` when given.
     """
-    import arviz as az
+    az = import_arviz()
     import matplotlib
 
     matplotlib.use("Agg")

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from virel_ppl.analysis import import_arviz
 from virel_ppl.config import ConfigError, RunWarning
 from virel_ppl.runtime.logger import read_csv
 
@@ -180,7 +181,7 @@ def hdi_over_seeds(values: np.ndarray, hdi_prob: float) -> np.ndarray:
     """``az.hdi`` across the first axis (seeds) at each column (step): ``(seeds, T)`` → ``(T, 2)``."""
     if values.shape[0] == 1:  # one seed: the band collapses to the curve
         return np.stack([values[0], values[0]], axis=-1)
-    import arviz as az  # here, not at the top: `import virel_ppl.report` should not cost ArviZ's import (seconds)
+    az = import_arviz()  # here, not at import: `import virel_ppl.report` should not cost ArviZ's import (seconds)
 
     return np.asarray(az.hdi(values[None], hdi_prob=hdi_prob)).reshape(values.shape[1], 2)
 
@@ -218,7 +219,7 @@ def bootstrap_ci(x: np.ndarray, stat=iqm, ci: float = 0.95, n_boot: int = 2000, 
 def final_return_table(curves: Sequence[Curve], ci: float = 0.95, n_boot: int = 2000, seed: int = 0) -> list[dict]:
     """One row per group: distinct seeds, runs, final step, ``az.summary`` stats (mean, sd, HDI) of the final
     returns, median, IQM and its bootstrap CI."""
-    import arviz as az
+    az = import_arviz()
 
     rows = []
     for c in curves:
