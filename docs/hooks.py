@@ -1,4 +1,5 @@
-"""MkDocs hook: show the benchmark curves that `benchmarks/paper.py --table` writes outside `docs/`.
+"""MkDocs hooks: show the benchmark curves that `benchmarks/paper.py --table` writes outside `docs/`, and render the
+docstrings' Sphinx roles as code.
 
 `docs/results.md` links them by their path in the repository (`../benchmarks/results/...`), which a reader of the
 repository can follow. For the site, this hook adds those files to the build and points the links at the copies, so
@@ -15,6 +16,8 @@ from mkdocs.structure.files import File
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE = "benchmarks/results"  # the folder whose files the docs may show
+# ":meth:`x`" in a docstring arrives in the HTML as ":meth:<code>x</code>": keep the code, drop the role
+ROLE = re.compile(r":(?:meth|func|class|attr|mod|data|obj|exc|const):(<code>)")
 LINK = re.compile(r"\]\((?:\.\./)+(" + re.escape(SOURCE) + r"/[^)\s]+)\)")
 
 
@@ -33,3 +36,7 @@ def on_page_markdown(markdown, page, config, files):
         return f"]({'../' * depth}{uri})" if files.get_file_from_path(uri) is not None else match.group(0)
 
     return LINK.sub(to_site, markdown)
+
+
+def on_page_content(html, page, config, files):
+    return ROLE.sub(r"\1", html)
