@@ -1,15 +1,15 @@
 """Mutation testing of the library's mathematics: does the fast test suite notice when the maths is wrong?
 
     python benchmarks/mutations.py                      # the listed mutations + a seeded sample of generated ones
-    python benchmarks/mutations.py --listed-only        # only issue 14's table and the wiring mutants
-    python benchmarks/mutations.py --wiring-only        # only issue 23's wiring mutants (tests/test_wiring.py first)
+    python benchmarks/mutations.py --listed-only        # only the listed mutants and the wiring mutants
+    python benchmarks/mutations.py --wiring-only        # only the wiring mutants (tests/test_wiring.py first)
     python benchmarks/mutations.py --generated 0        # every generated mutant (slow: several hundred)
     python benchmarks/mutations.py --markdown out.md    # also write the tables as Markdown
 
 Three kinds of mutants of ``virel_ppl/{em,critics,models,variants}.py`` and ``virel_ppl/exact/*.py``:
 
-- **listed**: hand-written edits that a plausible bug would make (issue 14's table and the ones it says were
-  caught), each an exact text replacement;
+- **listed**: hand-written edits that a plausible bug would make (among them the ones the suite
+  is known to catch, kept so that it goes on catching them), each an exact text replacement;
 - **wiring** (``WIRING``, also in ``agent.py``, ``trainer.py``, ``config.py``, ``cli.py``): a setting dropped at its
   point of use, a per-task value replaced by its default, two arguments swapped — what a refactor's slip does;
 - **generated**: from the AST, one edit per mutant: ``+``↔``-`` and ``*``↔``/``, swapped operands of ``-`` and
@@ -151,7 +151,7 @@ LISTED: list[tuple[str, str, str, str]] = [
         '"critic/td_mse": 0.5 * q_loss.detach(),',
         "td_mse halved",
     ),  # fmt: skip
-    # the ones issue 14 found caught already
+    # the ones the suite already caught when the table was written: kept so that it goes on catching them
     ("virel_ppl/inference/models.py", "states.shape[0]) / eps)", "states.shape[0]) * eps)", "Q·ε in place of Q/ε"),
     (
         "virel_ppl/inference/models.py",
@@ -192,7 +192,7 @@ LISTED: list[tuple[str, str, str, str]] = [
 ]
 
 
-# Wiring mutants (issue 23): a setting dropped at its point of use, a per-task value replaced by its default, two
+# Wiring mutants: a setting dropped at its point of use, a per-task value replaced by its default, two
 # arguments swapped. Each is a slip that a refactor makes; tests/test_wiring.py is run on them first.
 WIRING: list[tuple[str, str, str, str]] = [
     ("virel_ppl/agent.py", "self.policy, cfg.gamma, variant.value_target", "self.policy, 0.99, variant.value_target",

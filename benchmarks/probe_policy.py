@@ -1,5 +1,5 @@
 """What a trained policy does, from its run's checkpoint: how wide it is, how the critic sees its actions, and what
-its samples earn beside its mode (issue 20, point 4: why a learner stalls).
+its samples earn beside its mode: why a learner stalls.
 
     python benchmarks/probe_policy.py runs/paper/Hopper-v5__virel__0 runs/paper/Hopper-v5__beta__0
 

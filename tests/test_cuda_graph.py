@@ -1,4 +1,4 @@
-"""The CUDA-graph update (``virel_ppl/graphs.py``, issues 11 and 21), checked on CPU without a graph.
+"""The CUDA-graph update (``virel_ppl/graphs.py``), checked on CPU without a graph.
 
 ``agent.use_graph(capture=False)`` runs the very code a graph captures (``graphs.CudaGraph`` around
 ``agent.update_step``: static input buffers, the update, stacked static outputs) eagerly, on any device. Against the

@@ -77,7 +77,7 @@ def pendulum_run(tmp_path_factory):
 @pytest.mark.parametrize(
     "flags, first_update",
     [
-        (["--batch-size", "5000", "--total-steps", "1500"], 5000),  # the case: batch larger than the run
+        (["--batch-size", "5000", "--total-steps", "1500"], 5000),  # batch larger than the run
         (["--warmup-steps", "100", "--batch-size", "32", "--total-steps", "99"], 100),  # run shorter than warm-up
         # 0.25 updates per step from step 100 on: credit 0.25, 0.5, 0.75, 1 → the first update at step 103
         (["--warmup-steps", "100", "--batch-size", "32", "--updates-per-step", "0.25", "--total-steps", "102"], 103),

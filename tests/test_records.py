@@ -1,4 +1,4 @@
-"""Nothing lost, nothing mislabelled (issue 22): what a run records is what it did, across stops, resumes, torn files
+"""Nothing lost, nothing mislabelled: what a run records is what it did, across stops, resumes, torn files
 and guides from code. Every case goes through the command line or the entry point a user calls."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def cli_error(argv) -> str:
     return message
 
 
-# --- 3. TensorBoard across resumes -------------------------------------------------------------------------------
+# --- TensorBoard across resumes ---------------------------------------------------------------------------------------
 
 
 def tb_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -79,7 +79,7 @@ def test_tensorboard_after_a_stop_a_kill_and_two_resumes_holds_what_an_uninterru
     assert read_csv(run_dir / "train.csv") == read_csv(tmp_path / "straight" / "train.csv")
 
 
-# --- 5. the recorded budget is the run's -------------------------------------------------------------------------
+# --- the recorded budget is the run's ---------------------------------------------------------------------------------
 
 
 def test_a_budget_below_the_steps_already_run_is_refused_and_config_json_stays_true(run_copy):
@@ -90,7 +90,7 @@ def test_a_budget_below_the_steps_already_run_is_refused_and_config_json_stays_t
     assert json.loads(before)["total_steps"] == 120
 
 
-# --- 6. torn CSV lines ---------------------------------------------------------------------------------------------
+# --- torn CSV lines ---------------------------------------------------------------------------------------------------
 
 
 def test_a_torn_last_line_is_dropped_on_resume_with_a_warning(pendulum_run, run_copy, tmp_path, capsys):
@@ -145,7 +145,7 @@ def test_report_and_diagnose_read_past_a_torn_last_line(run_copy, tmp_path, caps
     assert f"| Pendulum-v1 · virel | 1 | 120 | {final:.1f} |" in (out / "report.md").read_text()
 
 
-# --- 4. diagnose's ε ---------------------------------------------------------------------------------------------
+# --- diagnose's ε -----------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +186,7 @@ def test_diagnose_uses_the_last_complete_row_or_says_it_cannot_tell(beta_run, tm
     assert "ε = 0.25," in (run / "posterior" / "action_posterior.md").read_text()
 
 
-# --- 2. a guide and an ELBO from code -----------------------------------------------------------------------------
+# --- a guide and an ELBO from code ------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +281,7 @@ def test_report_keeps_a_run_with_a_guide_from_code_apart_from_stock_runs(custom_
     assert "| Pendulum-v1 · virel | 1 |" in md  # one seed each, not two seeds of one group
 
 
-# --- 9. one line, not a traceback ----------------------------------------------------------------------------------
+# --- one line, not a traceback ----------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -322,7 +322,7 @@ def test_report_on_an_invalid_config_json_is_one_line(run_copy, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-# --- 10. the NaN message says what was not finite -----------------------------------------------------------------
+# --- the NaN message says what was not finite -------------------------------------------------------------------------
 
 
 class NaNObservationEnv(gym.Env):
@@ -364,7 +364,7 @@ def test_the_first_code_block_of_the_readme_runs(capsys):
     assert abs(mean - 0.5) < 0.1  # the critic's best action, which the target exp(Q/ε) concentrates on (ε = 0.01)
 
 
-# --- 11. one command line, one set of flags -------------------------------------------------------------------------
+# --- one command line, one set of flags -------------------------------------------------------------------------------
 
 
 def test_the_main_job_takes_the_flags_of_virel_ppl_train(tmp_path, monkeypatch, capsys):

@@ -13,6 +13,8 @@ from virel_ppl.analysis.report import (
     iqm,
     learning_curves,
     load_run,
+    probability_of_improvement,
+    probability_of_improvement_ci,
     write_report,
 )
 from virel_ppl.cli import main
@@ -80,6 +82,27 @@ def test_iqm_and_bootstrap_ci():
     assert bootstrap_ci(np.full(5, 7.0)) == (7.0, 7.0)
 
 
+def test_probability_of_improvement_counts_the_pairs_of_runs():
+    x, y = np.array([0.0, 10, 20, 100]), np.array([0.0, 1, 2, 10, 20])
+    # 20 pairs: x=0 ties y=0 (1/2); x=10 beats 0, 1, 2 and ties 10 (3.5); x=20 beats four and ties 20 (4.5);
+    # x=100 beats all five (5): 13.5 / 20
+    assert probability_of_improvement(x, y) == pytest.approx(0.675)
+    assert probability_of_improvement(y, x) == pytest.approx(0.325)  # ties split, so the two add up to 1
+    # over tasks, the mean of the tasks': task 1 wins 2 of 4 pairs, task 2 all 4
+    assert probability_of_improvement([[1.0, 2.0], [5.0]], [[0.0, 3.0], [1.0, 2.0, 3.0, 4.0]]) == pytest.approx(0.75)
+
+
+def test_probability_of_improvement_ci_resamples_within_each_task():
+    x, y = np.array([0.0, 10, 20, 100]), np.array([0.0, 1, 2, 10, 20])
+    lo, hi = probability_of_improvement_ci(x, y, n_boot=500, seed=0)
+    assert 0.0 <= lo < 0.675 < hi <= 1.0
+    assert (lo, hi) == probability_of_improvement_ci(x, y, n_boot=500, seed=0)
+    # every run of X above every run of Y on both tasks: every resample says 1
+    assert probability_of_improvement_ci([[5.0, 6.0], [9.0]], [[1.0, 2.0], [3.0, 4.0]], n_boot=200) == (1.0, 1.0)
+    # within each task X wins every pair; pooled over tasks, X's 2 and 3 would lose to Y's 100 (P = 6/8)
+    assert probability_of_improvement_ci([[2.0, 3.0], [200.0, 300.0]], [[1.0], [100.0]], n_boot=200) == (1.0, 1.0)
+
+
 def test_report_markdown_shows_the_known_numbers(runs_root, tmp_path):
     path = write_report([runs_root], tmp_path / "out", hdi_prob=0.5, n_boot=500)
     md = path.read_text()
@@ -88,6 +111,8 @@ def test_report_markdown_shows_the_known_numbers(runs_root, tmp_path):
     # mean 6.6, sd 8.5, HDI [0, 2], median 2, IQM (1 + 2 + 10)/3 = 4.3
     assert "| Fake-v0 · beta | 5 | 300 | 6.6 | 8.5 | [0.0, 2.0] | 2.0 | 4.3 | [" in md
     assert "| 50% HDI |" in md and "IQM 95% CI" in md
+    # P(virel > beta) of the finals [0, 10, 20, 100] and [0, 1, 2, 10, 20]: 13.5 of 20 pairs
+    assert "| Fake-v0 | virel | beta | 0.68 | [" in md or "| Fake-v0 | beta | virel | 0.33 | [" in md
     # diagnostics at the last shared step (300): k̂ mean 0.2, 0.4, 0.2, 0.4 over the seeds (sd ddof 0)
     assert "| Fake-v0 · virel | 4 | 300 | 0.5 ± 0 | 0.30 ± 0.10 |" in md
     assert "Fake-v0 · beta" not in md.split("## Posterior diagnostics")[1].split("## Runs")[0]

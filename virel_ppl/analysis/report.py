@@ -9,8 +9,9 @@
 - ``diagnostics.png``: return, the guide's PSIS k̂ and ε against steps (runs that logged diagnostics);
 - ``report.md``: both plots, a final-return table in the style of ``az.summary`` (mean, sd, HDI; computed by
   ``az.summary``) with the median and the interquartile mean (IQM) with a percentile-bootstrap CI
-  (Agarwal et al. 2021, "Deep RL at the edge of the statistical precipice"), the diagnostics at the last
-  evaluation and the list of runs.
+  (Agarwal et al. 2021, "Deep RL at the edge of the statistical precipice"), the probability of improvement
+  P(X > Y) of every two learners on a task (and over the tasks they share) with a stratified-bootstrap CI, the
+  diagnostics at the last evaluation and the list of runs.
 
 Within a group, curves are compared at the evaluation steps all its runs share; the final return of a run is its
 mean evaluation return at the last shared step. Two runs of one group with the same seed are not independent
@@ -216,6 +217,83 @@ def bootstrap_ci(x: np.ndarray, stat=iqm, ci: float = 0.95, n_boot: int = 2000, 
     return float(lo), float(hi)
 
 
+def _per_task(scores) -> list[np.ndarray]:
+    """One task's scores as an array, or several tasks' as a sequence of arrays → a list of 1-d float arrays."""
+    if isinstance(scores, np.ndarray) and scores.ndim == 1:
+        return [scores.astype(float)]
+    tasks = [np.asarray(t, dtype=float).ravel() for t in scores]
+    if not tasks or any(t.size == 0 for t in tasks):
+        raise ConfigError("probability of improvement: every task needs at least one score of each learner.")
+    return tasks
+
+
+def probability_of_improvement(x, y) -> float:
+    """P(X > Y): the probability that a run of learner X scores higher than a run of learner Y on the same task,
+    ties counted as one half, averaged over tasks (Agarwal et al. 2021, "Deep RL at the edge of the statistical
+    precipice", the Mann-Whitney U statistic over N·K pairs of runs).
+
+    ``x`` and ``y`` are one task's final scores (1-d arrays, any numbers of runs) or sequences of them, one entry per
+    task in the same order. 0.5 means neither is better; a table whose CIs overlap can still give P(X > Y) near 1.
+    """
+    xs, ys = _per_task(x), _per_task(y)
+    if len(xs) != len(ys):
+        raise ConfigError(f"probability of improvement: {len(xs)} task(s) of X against {len(ys)} of Y.")
+    per_task = [np.mean((xm[:, None] > ym[None, :]) + 0.5 * (xm[:, None] == ym[None, :])) for xm, ym in zip(xs, ys)]
+    return float(np.mean(per_task))
+
+
+def probability_of_improvement_ci(x, y, ci: float = 0.95, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Stratified percentile-bootstrap CI of :func:`probability_of_improvement`: each resample draws, within every
+    task, the runs of X and the runs of Y with replacement, apart (the tasks are the strata; seeded)."""
+    xs, ys = _per_task(x), _per_task(y)
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_boot)
+    for b in range(n_boot):
+        xb = [xm[rng.integers(0, len(xm), len(xm))] for xm in xs]
+        yb = [ym[rng.integers(0, len(ym), len(ym))] for ym in ys]
+        stats[b] = probability_of_improvement(xb, yb)
+    lo, hi = np.quantile(stats, [(1 - ci) / 2, (1 + ci) / 2])
+    return float(lo), float(hi)
+
+
+def _task_and_learner(curve: Curve, by: Sequence[str]) -> tuple[str, str]:
+    """A group's task (its ``env``, when the report groups by it) and the rest of its label (the learner)."""
+    if "env" not in by:
+        return "", curve.label
+    parts = curve.label.split(" · ")
+    i = list(by).index("env")
+    return parts[i], " · ".join(parts[:i] + parts[i + 1 :])
+
+
+def improvement_table(
+    curves: Sequence[Curve], by: Sequence[str] = ("env", "algo"), ci: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> list[dict]:
+    """P(X > Y) of the final returns, with its bootstrap CI, for every two learners on the same task (in the
+    order the groups come), and over all tasks for two learners that share two or more."""
+    finals: dict[str, dict[str, np.ndarray]] = {}  # learner → task → final returns
+    for c in curves:
+        task, learner = _task_and_learner(c, by)
+        finals.setdefault(learner, {})[task] = c.final
+    learners = list(finals)
+    rows = []
+    for i, a in enumerate(learners):
+        for b in learners[i + 1 :]:
+            tasks = [t for t in finals[a] if t in finals[b]]
+            scopes = [[t] for t in tasks] + ([tasks] if len(tasks) > 1 else [])
+            for scope in scopes:
+                x, y = [finals[a][t] for t in scope], [finals[b][t] for t in scope]
+                rows.append(
+                    {
+                        "task": scope[0] if len(scope) == 1 else f"all {len(scope)} tasks",
+                        "x": a,
+                        "y": b,
+                        "p": probability_of_improvement(x, y),
+                        "p_ci": probability_of_improvement_ci(x, y, ci, n_boot, seed),
+                    }
+                )
+    return sorted(rows, key=lambda r: (r["task"].startswith("all "), r["task"]))
+
+
 def final_return_table(curves: Sequence[Curve], ci: float = 0.95, n_boot: int = 2000, seed: int = 0) -> list[dict]:
     """One row per group: distinct seeds, runs, final step, ``az.summary`` stats (mean, sd, HDI) of the final
     returns, median, IQM and its bootstrap CI."""
@@ -368,8 +446,10 @@ def render_markdown(
     n_boot: int,
     images: dict[str, str],
     notes: Sequence[str] = (),
+    improvement_rows: Sequence[dict] = (),
 ) -> str:
-    """The report's Markdown text; ``notes`` (e.g. from :func:`repeated_seeds`) are listed at the end."""
+    """The report's Markdown text; ``improvement_rows`` (from :func:`improvement_table`) follow the final-return
+    table, ``notes`` (e.g. from :func:`repeated_seeds`) are listed at the end."""
     hdi_prob = curves[0].hdi_prob
     n_runs = sum(len(c.runs) for c in curves)
     out = [
@@ -397,6 +477,22 @@ def render_markdown(
             f"| [{_f(r['hdi'][0])}, {_f(r['hdi'][1])}] | {_f(r['median'])} | {_f(r['iqm'])} "
             f"| [{_f(r['iqm_ci'][0])}, {_f(r['iqm_ci'][1])}] |"
         )
+    if improvement_rows:
+        out += [
+            "",
+            "## Probability of improvement",
+            "",
+            "P(X > Y): the probability that a run of X ends with a higher return than a run of Y on the same task "
+            "(ties count one half; over several tasks, the mean of the tasks'), with a "
+            f"{ci:.0%} stratified-bootstrap CI (runs resampled within each task and learner). 0.5: neither is better.",
+            "",
+            f"| task | X | Y | P(X > Y) | {ci:.0%} CI |",
+            "|---|---|---|---|---|",
+        ]
+        out += [
+            f"| {r['task']} | {r['x']} | {r['y']} | {r['p']:.2f} | [{r['p_ci'][0]:.2f}, {r['p_ci'][1]:.2f}] |"
+            for r in improvement_rows
+        ]
     if diag_rows:
         out += [
             "",
@@ -450,6 +546,7 @@ def write_report(
         warnings.warn(note, ReportWarning, stacklevel=2)
     curves = learning_curves(groups, hdi_prob)
     final_rows, diag_rows = final_return_table(curves, ci, n_boot, seed), diagnostics_table(groups)
+    improvement_rows = improvement_table(curves, by, ci, n_boot, seed)
     out = Path(out_dir)
     new = out  # the outermost folder this call creates: removed again if writing fails
     while not new.parent.exists():
@@ -461,7 +558,7 @@ def write_report(
         diag_png = plot_training_diagnostics(curves, out / "diagnostics.png")
         if diag_png is not None:
             images["diagnostics"] = diag_png.name
-        text = render_markdown(curves, final_rows, diag_rows, by, ci, n_boot, images, repeats)
+        text = render_markdown(curves, final_rows, diag_rows, by, ci, n_boot, images, repeats, improvement_rows)
         path = out / "report.md"
         path.write_text(text)
     except BaseException:
