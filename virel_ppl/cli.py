@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import tyro
 
@@ -83,39 +83,20 @@ class EvaluateArgs:
     device: str = "cpu"
 
 
-def _other_value(value: Any, hint: Any) -> Any:
-    """A value of type ``hint`` different from ``value`` (for telling typed flags from defaults)."""
-    if value is None:
-        options = [a for a in typing.get_args(hint) if a is not type(None)]
-        value = {int: 0, float: 0.0, str: "", Path: Path("_")}.get(options[0], None) if options else None
-        return value if value is not None else object()
-    if isinstance(value, bool):
-        return not value
-    if isinstance(value, (int, float)):
-        return value + 1
-    if isinstance(value, str):
-        return value + "_"
-    if isinstance(value, Path):
-        return Path(f"{value}_")
-    if isinstance(value, tuple):
-        return (*value, 1)
-    if isinstance(value, dict):
-        return {**value, "_": 1.0}
-    raise TypeError(f"No other value for {value!r}")
-
-
 def typed_config_fields(argv: Sequence[str]) -> set[str]:
     """The ``Config`` fields whose flags appear in ``argv`` (the arguments of ``train``), including those given
-    their default value: parse twice, once with every default changed; a field is typed where both parses agree."""
-    hints = field_types()
-    shifted = Config(
-        **{f.name: _other_value(getattr(Config(), f.name), hints[f.name]) for f in dataclasses.fields(Config)}
-    )
-    plain = tyro.cli(TrainArgs, args=list(argv))
-    other = tyro.cli(TrainArgs, args=list(argv), default=TrainArgs(config=shifted))
-    return {
-        f.name for f in dataclasses.fields(Config) if getattr(plain.config, f.name) == getattr(other.config, f.name)
-    }
+    their default value. tyro returns values only, with no record of which came from the command line, so the flags
+    are read off ``argv`` by the names tyro gives them: ``--field-name`` (or ``--field_name``), and ``--no-field-name``
+    for a bool; ``--flag value`` or ``--flag=value``."""
+    kinds = field_types()
+    flags = {name.replace("_", "-"): name for name in kinds}
+    flags |= {"no-" + name.replace("_", "-"): name for name, kind in kinds.items() if kind is bool}
+    typed = set()
+    for arg in argv:
+        flag = arg.partition("=")[0].removeprefix("--").replace("_", "-")
+        if arg.startswith("--") and flag in flags:
+            typed.add(flags[flag])
+    return typed
 
 
 @user_errors
