@@ -288,7 +288,7 @@ class Atoms(dist.TorchDistribution):
 
 
 def _mpo_by_hand():
-    """Atoms a = (0, 1), Q(a) = 2 ln3 · a, η = 2: exp(Q/η) = (1, 3), so the E-step weights are (1/4, 3/4).
+    """Atoms a = (0, 1), Q(a) = 2 ln3 · a, η = 2: exp(Q/η) = (1, 3), so the weights of the prior's samples are (1/4, 3/4).
     π_θ = N(0, 1): log π_θ(a) = (−c, −½ − c), c = ½ log 2π. π_old = N(½, ½): log π_old(a) = ln 2 − ½ − c at both."""
     states = torch.zeros(3, 3)
     prior = Atoms(torch.tensor([0.0, 1.0]), 0.5, 0.5)
@@ -311,7 +311,7 @@ def test_mpo_np_loss_weights_and_kl_by_hand():
 
 
 def test_mpo_np_dual_steps_by_hand():
-    """One SGD step (lr 1) on each dual, from the same hand-made E-step.
+    """One SGD step (lr 1) on each dual, from the same hand-made weighting.
 
     λ: ∂/∂log λ [λ(ε_KL − KL)] = 2·(0.1 − 0.443147): log λ rises by 0.686294 (the KL is above its bound).
     η: ∂g/∂log η = η·(ε_η + log mean_j exp(Q_j/η) − Σ_j w_j Q_j/η) = η·(ε_η − KL(w ‖ uniform))

@@ -239,7 +239,7 @@ def test_nonparametric_mpo_fits_the_gaussian_posterior_of_mpos_model():
 
 
 def test_nonparametric_mpo_eta_dual_sets_the_kl_of_the_weights_to_its_bound():
-    """At the minimum of g(η) the E-step weights sit at KL(q ‖ π_old) = ε_η on the samples."""
+    """At the minimum of g(η) the weights of the samples sit at KL(q ‖ π_old) = ε_η."""
     critic = QuadraticQ([0.5], weight=2.0)
     old = FreeGaussian(0.0, 1.0).requires_grad_(False)
     policy = FreeGaussian(0.0, 1.0)
