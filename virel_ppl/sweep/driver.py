@@ -335,6 +335,43 @@ def sweep(
         lock.release()
 
 
+def make_tuner(
+    trials: Sequence[Trial], specs: list[dict], root: Path, experiment: str, o: SweepOptions, hooks: Sequence[Hook]
+):
+    """The Tune ``Tuner`` of the trials: a new one, or the one saved in ``experiment`` when the sweep resumes."""
+    import ray
+    from ray import tune
+
+    run_trial = tune.with_resources(
+        tune.with_parameters(
+            trainable, specs={s["name"]: s for s in specs}, hooks=list(hooks), tune_checkpoints=o.tune_checkpoints
+        ),
+        {"cpu": max(t.config.threads or 1 for t in trials), "gpu": o.gpus_per_trial},
+    )
+    if o.resume is not False and tune.Tuner.can_restore(experiment):
+        return tune.Tuner.restore(experiment, run_trial, resume_unfinished=True, resume_errored=True)
+    budget = max(t.config.total_steps for t in trials)
+    return tune.Tuner(
+        run_trial,
+        param_space={"name": tune.grid_search([s["name"] for s in specs])},
+        tune_config=tune.TuneConfig(
+            metric=o.metric,
+            mode=o.mode,
+            scheduler=make_scheduler(o.search, budget, o.grace_steps, o.reduction_factor),
+            max_concurrent_trials=o.max_concurrent or int(ray.cluster_resources().get("CPU", 1)),
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=EXPERIMENT,
+            storage_path=o.storage or str(root),
+            failure_config=tune.FailureConfig(max_failures=o.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=o.verbose,
+        ),
+    )
+
+
 def _run(
     trials: Sequence[Trial],
     specs: list[dict],
@@ -346,7 +383,6 @@ def _run(
 ) -> SweepResult:
     """The sweep after its checks, with ``root`` locked: start (or join) Ray, run the trials, write the report."""
     import ray
-    from ray import tune
 
     from virel_ppl.analysis.report import write_report
 
@@ -360,39 +396,7 @@ def _run(
         lock.keep()  # from here on the root holds this sweep: a failure below leaves it for --resume
         (root / SWEEP_FILE).write_text(json.dumps({"trials": specs}, indent=1))
         experiment = f"{o.storage.rstrip('/')}/{EXPERIMENT}" if o.storage else str(root / EXPERIMENT)
-        restore = o.resume is not False and tune.Tuner.can_restore(experiment)
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        run_trial = tune.with_resources(
-            tune.with_parameters(
-                trainable, specs={s["name"]: s for s in specs}, hooks=list(hooks), tune_checkpoints=o.tune_checkpoints
-            ),
-            {"cpu": max(t.config.threads or 1 for t in trials), "gpu": o.gpus_per_trial},
-        )
-        budget = max(t.config.total_steps for t in trials)
-        scheduler = make_scheduler(o.search, budget, o.grace_steps, o.reduction_factor)
-        run_config = tune.RunConfig(
-            name=EXPERIMENT,
-            storage_path=o.storage or str(root),
-            failure_config=tune.FailureConfig(max_failures=o.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            verbose=o.verbose,
-        )
-        if restore:
-            tuner = tune.Tuner.restore(experiment, run_trial, resume_unfinished=True, resume_errored=True)
-        else:
-            tuner = tune.Tuner(
-                run_trial,
-                param_space={"name": tune.grid_search([s["name"] for s in specs])},
-                tune_config=tune.TuneConfig(
-                    metric=o.metric,
-                    mode=o.mode,
-                    scheduler=scheduler,
-                    max_concurrent_trials=o.max_concurrent or cpus,
-                    trial_name_creator=trial_name,
-                    trial_dirname_creator=trial_name,
-                ),
-                run_config=run_config,
-            )
+        tuner = make_tuner(trials, specs, root, experiment, o, hooks)
         with unhandled_errors_ignored():
             results = tuner.fit()
         failed = []
