@@ -1,6 +1,6 @@
 """The fast update (``Config.fast_update``: the ELBO's differentiable_loss and one torch Adam) against the
 plain ``SVI.step`` path: same gradients for every algo, guide and ELBO; bit-identical training runs; and the
-on-device record of the first non-finite update (issue 15, item 4)."""
+on-device record of the first non-finite update."""
 
 from __future__ import annotations
 

@@ -288,7 +288,7 @@ class Atoms(dist.TorchDistribution):
 
 
 def _mpo_by_hand():
-    """Atoms a = (0, 1), Q(a) = 2 ln3 · a, η = 2: exp(Q/η) = (1, 3), so the weights of the prior's samples are (1/4, 3/4).
+    """Atoms a = (0, 1), Q(a) = 2 ln3 · a, η = 2: exp(Q/η) = (1, 3), so the samples' weights are (1/4, 3/4).
     π_θ = N(0, 1): log π_θ(a) = (−c, −½ − c), c = ½ log 2π. π_old = N(½, ½): log π_old(a) = ln 2 − ½ − c at both."""
     states = torch.zeros(3, 3)
     prior = Atoms(torch.tensor([0.0, 1.0]), 0.5, 0.5)

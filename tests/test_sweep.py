@@ -288,7 +288,7 @@ def test_asha_stops_weak_trials_at_env_step_milestones(ray_local, tmp_path):
     assert result.report is not None and len([r for r in result.table.splitlines() if "Pendulum-v1 ·" in r]) == 3
 
 
-# --- a root is one sweep's; a trial the cluster cannot place is refused (issue 22) ----------------------------------
+# --- a root is one sweep's; a trial the cluster cannot place is refused -------------------------------------------
 
 
 def test_a_second_sweep_into_a_locked_root_is_one_error_line(tmp_path):
@@ -318,7 +318,7 @@ def test_gpus_per_trial_on_a_cluster_without_a_gpu_is_refused_at_start_up(ray_lo
     assert not root.exists()  # refused before anything was written
 
 
-# --- never an older copy over a newer run directory (issue 22, 1) ---------------------------------------------------
+# --- never an older copy over a newer run directory -----------------------------------------------------------------
 
 
 def _newer_and_older(tmp_path):
@@ -371,7 +371,7 @@ def test_a_restored_trial_resumes_its_newer_run_directory_not_the_older_tune_cop
     assert read_csv(cfg.run_dir / "train.csv") == read_csv(ref.run_dir / "train.csv")
 
 
-# --- fault injection: a kill and a Ctrl-C at random points, then --resume (issue 22) -----------------------------
+# --- fault injection: a kill and a Ctrl-C at random points, then --resume ---------------------------------------
 
 
 def _tb_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
