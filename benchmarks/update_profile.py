@@ -90,7 +90,7 @@ def _one_step(trainer: Trainer, timed: Callable) -> None:
     timed("M: Adam step", agent.critic_optim.step)
     eps = timed("ε rule", lambda: agent.variant.eps(q_loss.detach(), batch.rewards))
     kwargs = dict(eps=eps, q=agent.q_on_box, prior=agent.variant.prior)
-    e_loss = timed("E-step (Pyro ELBO, backward, Adam)", lambda: agent.e_step(critic, batch.obs, **kwargs))
+    e_loss, _ = timed("E-step (Pyro ELBO, backward, Adam)", lambda: agent.e_step(critic, batch.obs, **kwargs))
     timed("target update (Polyak)", lambda: critic.update_target(trainer.config.tau))
     stats = {"critic/q_loss": q_loss.detach(), "actor/loss": e_loss, "eps": eps}
     timed("NaN record", lambda: agent.nonfinite.record(stats.values(), trainer.step))

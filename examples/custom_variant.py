@@ -7,9 +7,9 @@ Two edits of VIREL (``virel_ppl.variants.Variant``):
 
 - ``virel_cost``, a model edit: the likelihood gains a control cost, log p(O=1|s, a) = (Q(s, a) − c‖a‖²)/ε, so the
   posterior, and the policy fitted to it, prefer small actions;
-- ``virel_anneal``, a variant with state: ε anneals, ε_k = α · decay^k after k updates. The count is the
-  variant's own state (a tensor on the run's device, so a CUDA graph holds it), saved in checkpoints through
-  ``state``, so a resumed run continues the schedule exactly.
+- ``virel_anneal``, a variant with state: ε anneals, ε_k = α · decay^k after k updates. The count is a buffer of a
+  small ``torch.nn.Module`` (a tensor on the run's device, so a CUDA graph holds it), named in ``state``: the agent
+  saves it with its own ``state_dict``, so a resumed run continues the schedule exactly.
 """
 
 import pyro
@@ -35,33 +35,29 @@ class VirelCost(Variant):
     model = staticmethod(control_cost_model)
 
 
-class Annealing:
-    """ε_k = α · decay^k, k counted on the device; ``state_dict``/``load_state_dict`` as every piece of state has."""
+class Annealing(torch.nn.Module):
+    """ε_k = α · decay^k, the count k a buffer: saved and loaded with the agent, no code of its own for that."""
 
     def __init__(self, alpha: float, decay: float, device: torch.device) -> None:
+        super().__init__()
         self.alpha, self.decay = alpha, decay
-        self.updates = torch.zeros((), device=device)
+        self.register_buffer("updates", torch.zeros((), device=device))
 
     def eps(self, td_mse: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:  # an ε rule, as em's are
         return self.alpha * self.decay**self.updates
-
-    def state_dict(self) -> dict:
-        return {"updates": self.updates.clone()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.updates.copy_(state["updates"])
 
 
 class VirelAnneal(Variant):
     description = "VIREL with ε annealed geometrically over the updates."
     state = ("annealing",)  # saved with the agent
+    fixed_eps = None  # ε moves: analysis must read it from the logs
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.annealing = Annealing(self.config.alpha, decay=0.999, device=self.device)
         self.eps = self.annealing.eps
 
-    def after_update(self, batch) -> dict:
+    def after_update(self, batch, outputs) -> dict:
         self.annealing.updates += 1
         return {}
 

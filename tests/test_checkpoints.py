@@ -127,6 +127,21 @@ def test_resume_applies_typed_flags_even_when_they_equal_the_default(run_copy):
 
 
 @pytest.mark.parametrize(
+    "argv, typed",
+    [
+        (["--log-every", "250", "--resume", "runs/x", "--overwrite"], {"log_every"}),  # not Config's: not counted
+        (["--total_steps=5", "--hidden", "8", "8"], {"total_steps", "hidden"}),  # underscores, =, several values
+        (["--no-progress", "--cuda-graph", "--alpha", "0.2"], {"progress", "cuda_graph", "alpha"}),  # bools both ways
+        (["--", "8", "--env=Hopper-v5"], {"env"}),
+    ],
+)
+def test_the_typed_flags_of_a_command_line_are_the_config_fields_it_names(argv, typed):
+    from virel_ppl.cli import typed_config_fields
+
+    assert typed_config_fields(argv) == typed
+
+
+@pytest.mark.parametrize(
     "flags, named",
     [
         (["--env", "InvertedPendulum-v5"], "--env"),  # the default env: dropped silently before

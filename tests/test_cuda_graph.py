@@ -87,7 +87,7 @@ def _run(agent: VirelAgent, batches: list[Batch], seed: int = 1) -> list[dict]:
 
 
 def _tensors(agent: VirelAgent) -> dict[str, torch.Tensor]:
-    """Every tensor of the agent's checkpoint (parameters, targets, optimiser moments and steps, extras), by path."""
+    """Every tensor of the agent's checkpoint (parameters, targets, optimiser moments, variant state), by path."""
     return helpers.state_tensors(agent.state_dict())
 
 
@@ -171,8 +171,7 @@ def test_capturable_optimisers_agree_with_the_plain_ones_to_float_tolerance(algo
     with _capturable_adam_on_cpu():
         static = _agent(algo, guide, "auto", static=True)
         assert static.capturable and not static.graph.capture
-        extras = [getattr(static.variant, name) for name in static.variant.state]
-        optims = [static.critic_optim] + [e.optim for e in extras if hasattr(e, "optim")]
+        optims = [static.critic_optim] + ([static.dual_optim] if static.dual_optim is not None else [])
         assert all(g["capturable"] for o in optims for g in o.param_groups)
         static_stats = _run(static, batches)
     plain_stats = _run(eager, batches)
@@ -218,7 +217,7 @@ def test_a_statistic_the_graph_cannot_hold_runs_eagerly_with_one_warning(monkeyp
     the eager path's numbers."""
 
     class FloatHook(Variant):
-        def after_update(self, batch):
+        def after_update(self, batch, outputs):
             return {"host/value": 1.5}
 
     monkeypatch.setitem(VARIANTS, "virel_float_hook", FloatHook)
@@ -275,7 +274,7 @@ def test_on_cpu_the_default_update_is_unchanged():
         agent = _agent("sac_auto", "tanh_normal", "auto", static=False)
         _run(agent, _batches(BOX, 2))
     assert agent.graph is None and not agent.capturable and Config().cuda_graph
-    optims = [agent.critic_optim, agent.e_step.optim, agent.variant.alpha.optim]
+    optims = [agent.critic_optim, agent.e_step.optim, agent.dual_optim]
     assert all(not g["capturable"] for o in optims for g in o.param_groups)
     assert all(s["step"].device.type == "cpu" for s in agent.critic_optim.state.values())
 
@@ -315,7 +314,7 @@ def test_checkpoints_move_between_capturable_and_plain_optimisers():
     plain = _agent("sac_auto", "tanh_normal", "auto", static=False)
     assert not plain.capturable
     plain.load_state_dict(graph_state)
-    for optim in (plain.critic_optim, plain.variant.alpha.optim):
+    for optim in (plain.critic_optim, plain.dual_optim):
         assert not optim.param_groups[0]["capturable"]
         assert all(float(s["step"]) == 3.0 for s in optim.state.values())
     _run(plain, _batches(BOX, 1))  # the policy's optimiser takes the pending state at its first step

@@ -258,7 +258,7 @@ def test_two_agents_loaded_from_one_in_memory_state_do_not_share_adam_moments():
     first, second = VirelAgent(OBS_DIM, box, cfg), VirelAgent(OBS_DIM, box, cfg)
     first.load_state_dict(saved)
     second.load_state_dict(saved)
-    optimisers = ("critic_optim", "policy_optim", "extras")
+    optimisers = ("critic_optim", "policy_optim", "variant", "dual_optim")
     loaded = {part: helpers.state_tensors(second.state_dict()[part]) for part in optimisers}
     before = {part: {k: t.clone() for k, t in tensors.items()} for part, tensors in loaded.items()}
     with pyro.validation_enabled(False):

@@ -288,7 +288,7 @@ class Atoms(dist.TorchDistribution):
 
 
 def _mpo_by_hand():
-    """Atoms a = (0, 1), Q(a) = 2 ln3 · a, η = 2: exp(Q/η) = (1, 3), so the E-step weights are (1/4, 3/4).
+    """Atoms a = (0, 1), Q(a) = 2 ln3 · a, η = 2: exp(Q/η) = (1, 3), so the samples' weights are (1/4, 3/4).
     π_θ = N(0, 1): log π_θ(a) = (−c, −½ − c), c = ½ log 2π. π_old = N(½, ½): log π_old(a) = ln 2 − ½ − c at both."""
     states = torch.zeros(3, 3)
     prior = Atoms(torch.tensor([0.0, 1.0]), 0.5, 0.5)
@@ -299,30 +299,31 @@ def _mpo_by_hand():
 def test_mpo_np_loss_weights_and_kl_by_hand():
     states, prior, q = _mpo_by_hand()
     policy = FreeGaussian(0.0, 1.0)
-    mpo = NonparametricMPO(num_actions=2, kl_bound=0.1, eta=2.0, eta_bound=0.1, lr=1e-3, device="cpu")
+    mpo = NonparametricMPO(num_actions=2, kl_bound=0.1, eta=2.0, eta_bound=0.1, device="cpu")
     with torch.no_grad():
         mpo.log_lagrange.fill_(math.log(2.0))  # λ = 2
-    loss = mpo(virel_model, policy.guide, states, eps=2.0, q=q, prior=prior)
+    loss, outputs = mpo(virel_model, policy.guide, states, eps=2.0, q=q, prior=prior)
     weighted_ml = -(0.25 * -LOG_SQRT_2PI + 0.75 * (-0.5 - LOG_SQRT_2PI))  # 1.293939
     # KL(π_old ‖ π_θ) from π_old's samples: mean_j [log π_old(a_j) − log π_θ(a_j)] = mean(ln2 − ½, ln2) = 0.443147
     kl = 0.5 * ((math.log(2) - 0.5) + math.log(2))
     assert loss.item() == pytest.approx(weighted_ml + 2.0 * kl, rel=1e-5)
-    assert float(mpo.last["mpo/lagrange"]) == pytest.approx(2.0)
+    assert float(outputs["mpo/lagrange"]) == pytest.approx(2.0)
 
 
 def test_mpo_np_dual_steps_by_hand():
-    """One SGD step (lr 1) on each dual, from the same hand-made E-step.
+    """One SGD step (lr 1) on each dual, from the same hand-made weighting.
 
     λ: ∂/∂log λ [λ(ε_KL − KL)] = 2·(0.1 − 0.443147): log λ rises by 0.686294 (the KL is above its bound).
     η: ∂g/∂log η = η·(ε_η + log mean_j exp(Q_j/η) − Σ_j w_j Q_j/η) = η·(ε_η − KL(w ‖ uniform))
        = 2·(0.1 + ln 2 − ¾ ln 3) = 2·(0.1 − 0.130812): log η rises by 0.061624 (the weights are too peaked)."""
     states, prior, q = _mpo_by_hand()
-    mpo = NonparametricMPO(num_actions=2, kl_bound=0.1, eta=2.0, eta_bound=0.1, lr=1e-3, device="cpu")
+    mpo = NonparametricMPO(num_actions=2, kl_bound=0.1, eta=2.0, eta_bound=0.1, device="cpu")
     assert mpo.log_lagrange.item() == 0.0 and mpo.log_eta.item() == pytest.approx(math.log(2.0))  # λ = 1, η = eta
     with torch.no_grad():
         mpo.log_lagrange.fill_(math.log(2.0))
-    mpo.optim = torch.optim.SGD([mpo.log_eta, mpo.log_lagrange], lr=1.0)
-    mpo(virel_model, FreeGaussian(0.0, 1.0).guide, states, eps=2.0, q=q, prior=prior)
+    _, outputs = mpo(virel_model, FreeGaussian(0.0, 1.0).guide, states, eps=2.0, q=q, prior=prior)
+    outputs["duals"].backward()
+    torch.optim.SGD(mpo.parameters(), lr=1.0).step()
     kl = 0.5 * ((math.log(2) - 0.5) + math.log(2))
     assert mpo.log_lagrange.item() == pytest.approx(math.log(2.0) - 2.0 * (0.1 - kl), abs=1e-6)
     kl_weights = 0.25 * math.log(0.5) + 0.75 * math.log(1.5)  # 0.130812
@@ -474,13 +475,18 @@ def test_gridworld_optimal_return_from_its_start_corner_by_hand():
 def test_sac_temperature_step_by_hand():
     """min_{log α} −α·E[log π + H̄]: one SGD step (lr 1) moves log α by α·(E[log π] + H̄). With log π on the two
     samples = (log ¼, log ¾), H̄ = −1 (−action_dim) and α = 2: ∂/∂log α = −2·(−0.836988 − 1) = 3.673976."""
-    from virel_ppl.variants import Temperature
+    from virel_ppl.variants import SacAuto
 
-    temperature = Temperature(2.0, action_dim=1, target_entropy=None, lr=1e-3, device="cpu")
-    temperature.optim = torch.optim.SGD([temperature.log_alpha], lr=1.0)
     eye = torch.eye(2)
     policy = StratifiedPolicy(eye[[0, 1]], torch.tensor([math.log(0.25), math.log(0.75)]))
-    stats = temperature.update(policy, torch.zeros(2, 3))
+    policy.guide = None  # the variant keeps its guide; this step does not use it
+    variant = SacAuto(Config(algo="sac_auto", alpha=2.0), policy, None, ActionBox([-1.0], [1.0]))
+    temperature = variant.alpha
+    batch = Batch(torch.zeros(2, 3), None, None, None, None)
+    loss, outputs = variant.dual_loss(batch, {})
+    loss.backward()
+    torch.optim.SGD(temperature.parameters(), lr=1.0).step()
+    stats = variant.after_update(batch, outputs)
     mean_log_pi = 0.5 * (math.log(0.25) + math.log(0.75))  # −0.836988
     assert temperature.log_alpha.item() == pytest.approx(math.log(2.0) + 2.0 * (mean_log_pi - 1.0), abs=1e-6)
     assert float(stats["sac/entropy"]) == pytest.approx(-mean_log_pi)
@@ -498,7 +504,7 @@ def test_old_policy_copies_exactly_every_period_updates():
         with torch.no_grad():
             for p in policy.parameters():
                 p.add_(1.0)  # π_θ moves every update
-        old.step()
+        old.follow()
         copied.append(all(torch.equal(a, b) for a, b in zip(old.net.parameters(), policy.parameters())))
     assert copied == [k % 4 == 0 for k in range(1, 9)] and old.updates == 8
 

@@ -118,13 +118,8 @@ def test_a_sweep_without_axis_flags_runs_trains_defaults():
 
 
 def test_parse_set_values():
-    got = parse_set(["hidden=[64,64],[32,32]", "num_particles=none,4", "gamma=0.9", 'extra={"mpo_kl_weight":2}'])
-    assert got == {
-        "hidden": [(64, 64), (32, 32)],
-        "num_particles": [None, 4],
-        "gamma": [0.9],
-        "extra": [{"mpo_kl_weight": 2.0}],
-    }
+    got = parse_set(["hidden=[64,64],[32,32]", "num_particles=none,4", "gamma=0.9"])
+    assert got == {"hidden": [(64, 64), (32, 32)], "num_particles": [None, 4], "gamma": [0.9]}
 
 
 def test_asha_scheduler_counts_env_steps():
@@ -293,7 +288,7 @@ def test_asha_stops_weak_trials_at_env_step_milestones(ray_local, tmp_path):
     assert result.report is not None and len([r for r in result.table.splitlines() if "Pendulum-v1 ·" in r]) == 3
 
 
-# --- a root is one sweep's; a trial the cluster cannot place is refused (issue 22) ----------------------------------
+# --- a root is one sweep's; a trial the cluster cannot place is refused -------------------------------------------
 
 
 def test_a_second_sweep_into_a_locked_root_is_one_error_line(tmp_path):
@@ -323,7 +318,7 @@ def test_gpus_per_trial_on_a_cluster_without_a_gpu_is_refused_at_start_up(ray_lo
     assert not root.exists()  # refused before anything was written
 
 
-# --- never an older copy over a newer run directory (issue 22, 1) ---------------------------------------------------
+# --- never an older copy over a newer run directory -----------------------------------------------------------------
 
 
 def _newer_and_older(tmp_path):
@@ -344,23 +339,23 @@ def _files(run_dir: Path) -> dict[str, bytes]:
 def test_the_driver_never_replaces_a_newer_run_directory_with_an_older_tune_copy(tmp_path):
     from ray import tune
 
-    from virel_ppl import sweep as sweep_module
+    from virel_ppl.sweep import driver
 
     cfg, older = _newer_and_older(tmp_path)
     newer = _files(cfg.run_dir)
     result = type("Result", (), {"checkpoint": tune.Checkpoint.from_directory(str(older)), "metrics": {"step": 100}})
-    sweep_module._fetch_run_dir(result, cfg.run_dir)  # what sweep() does with each trial after fit() returns
+    driver.fetch_run_dir(result, cfg.run_dir)  # what sweep() does with each trial after fit() returns
     assert _files(cfg.run_dir) == newer
     assert _eval(cfg.run_dir)["step"] == [200.0]
     shutil.rmtree(cfg.run_dir)  # a run directory that is not here (it ran on another machine) is fetched
-    sweep_module._fetch_run_dir(result, cfg.run_dir)
+    driver.fetch_run_dir(result, cfg.run_dir)
     assert _files(cfg.run_dir) == _files(older)
 
 
 def test_a_restored_trial_resumes_its_newer_run_directory_not_the_older_tune_copy(tmp_path, monkeypatch):
     from ray import tune
 
-    from virel_ppl import sweep as sweep_module
+    from virel_ppl.sweep import trainable
     from virel_ppl.train import train
 
     cfg, older = _newer_and_older(tmp_path)
@@ -369,14 +364,14 @@ def test_a_restored_trial_resumes_its_newer_run_directory_not_the_older_tune_cop
     monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: reported.append(metrics))
     starts = tmp_path / "starts.csv"
     spec = {"name": "run", "run_dir": str(cfg.run_dir), "config": cfg.to_dict()}
-    sweep_module._trainable({"name": "run"}, {"run": spec}, hooks=[RecordStart(starts)], tune_checkpoints=True)
+    trainable.trainable({"name": "run"}, {"run": spec}, hooks=[RecordStart(starts)], tune_checkpoints=True)
     assert int(starts.read_text().split(",")[1]) == 201  # continued from its own checkpoint at 200, not from 100
     ref = train(replace(cfg, run_dir=tmp_path / "ref"))
     assert _eval(cfg.run_dir) == _eval(ref.run_dir) and reported[-1]["finished"] is True
     assert read_csv(cfg.run_dir / "train.csv") == read_csv(ref.run_dir / "train.csv")
 
 
-# --- fault injection: a kill and a Ctrl-C at random points, then --resume (issue 22) -----------------------------
+# --- fault injection: a kill and a Ctrl-C at random points, then --resume ---------------------------------------
 
 
 def _tb_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:

@@ -16,7 +16,7 @@ from virel_ppl.agent import VirelAgent
 from virel_ppl.config import Config
 from virel_ppl.inference.actions import ActionBox, TanhNormal
 from virel_ppl.inference.critics import Critic, bellman_target
-from virel_ppl.inference.em import Batch, m_step, soft_value_target
+from virel_ppl.inference.em import Batch, EStep, m_step, soft_value_target
 from virel_ppl.inference.guides import DiagonalGaussianGuide, PolicyGuide, TanhNormalGuide
 from virel_ppl.inference.models import pseudo_likelihood_model, virel_model
 from virel_ppl.runtime.logger import read_csv
@@ -103,8 +103,8 @@ def test_old_policy_hard_copy_every_k_updates_and_polyak():
         for p in policy.parameters():
             p.add_(1.0)
     for k in range(1, 4):
-        hard.step()
-        soft.step()
+        hard.follow()
+        soft.follow()
         same = all(torch.equal(a, b) for a, b in zip(hard.net.parameters(), policy.parameters()))
         assert same == (k == 3)
     for p0, p_old, p in zip(start, soft.net.parameters(), policy.parameters()):
@@ -125,7 +125,7 @@ def test_sac_soft_value_target_is_q_minus_alpha_log_pi():
     d = policy.distribution(states)
     a = d.sample()
     assert torch.allclose(target, critic.q(states, a) - alpha * d.log_prob(a))
-    temperature = Temperature(alpha, action_dim=2, target_entropy=None, lr=1e-3, device="cpu")
+    temperature = Temperature(alpha, action_dim=2, target_entropy=None, device="cpu")
     torch.manual_seed(4)
     assert torch.allclose(soft_value_target(temperature)(critic, policy, states), target, atol=1e-6)
 
@@ -148,11 +148,17 @@ def test_sac_actor_loss_is_minus_eps_times_the_elbo_of_virels_model():
 def test_sac_temperature_moves_alpha_towards_the_target_entropy(target, direction):
     box = ActionBox([-1.0], [1.0])
     policy = TanhNormalGuide(3, box, hidden=(8,))
-    temperature = Temperature(1.0, action_dim=1, target_entropy=target, lr=0.05, device="cpu")
+    temperature = Temperature(1.0, action_dim=1, target_entropy=target, device="cpu")
+    optim = torch.optim.Adam(temperature.parameters(), lr=0.05)
     for _ in range(20):
-        stats = temperature.update(policy, torch.randn(64, 3))
-    assert (stats["sac/alpha"].item() - 1.0) * direction > 0.3  # entropy ≈ 0.3 here: above −5, below 5
-    assert Temperature(1.0, action_dim=3, target_entropy=None, lr=1e-3, device="cpu").target_entropy == -3.0
+        with torch.no_grad():
+            d = policy.distribution(torch.randn(64, 3))
+            log_pi = d.log_prob(d.sample())
+        optim.zero_grad()
+        temperature.loss(log_pi).backward()
+        optim.step()
+    assert (temperature().item() - 1.0) * direction > 0.3  # entropy ≈ 0.3 here: above −5, below 5
+    assert Temperature(1.0, action_dim=3, target_entropy=None, device="cpu").target_entropy == -3.0
 
 
 # --- VIREL2: one hard and one soft Q ---------------------------------------------------------------------------
@@ -217,11 +223,14 @@ def test_nonparametric_mpo_fits_the_gaussian_posterior_of_mpos_model():
     eta, states = 0.5, torch.zeros(8, 3)
     old = FreeGaussian(0.0, 1.0).requires_grad_(False)
     policy = FreeGaussian(0.0, 1.0)
-    mpo = NonparametricMPO(num_actions=1024, kl_bound=100.0, eta=eta, eta_bound=None, lr=1e-3, device="cpu")
+    mpo = NonparametricMPO(num_actions=1024, kl_bound=100.0, eta=eta, eta_bound=None, device="cpu")
     mpo.log_lagrange.data.fill_(-20.0)  # λ ≈ 0: the bound does not bind
-    svi = SVI(virel_model, policy.guide, pyro.optim.Adam({"lr": 0.05}), loss=mpo)
+    e_step, duals = EStep(virel_model, policy.guide, mpo, lr=0.05), torch.optim.Adam(mpo.parameters(), lr=1e-3)
     for _ in range(120):
-        svi.step(states, eps=eta, q=critic.q, prior=old.distribution)
+        _, outputs = e_step(critic, states, eps=eta, q=critic.q, prior=old.distribution)
+        duals.zero_grad()
+        outputs["duals"].backward()
+        duals.step()
     precision = 1 + 2 * 1.0 / eta
     assert policy.loc.item() == pytest.approx(2 * 1.0 / eta / precision, abs=0.03)
     assert policy.log_scale.exp().item() == pytest.approx(precision**-0.5, abs=0.03)
@@ -230,16 +239,19 @@ def test_nonparametric_mpo_fits_the_gaussian_posterior_of_mpos_model():
 
 
 def test_nonparametric_mpo_eta_dual_sets_the_kl_of_the_weights_to_its_bound():
-    """At the minimum of g(η) the E-step weights sit at KL(q ‖ π_old) = ε_η on the samples."""
+    """At the minimum of g(η) the weights of the samples sit at KL(q ‖ π_old) = ε_η."""
     critic = QuadraticQ([0.5], weight=2.0)
     old = FreeGaussian(0.0, 1.0).requires_grad_(False)
     policy = FreeGaussian(0.0, 1.0)
-    mpo = NonparametricMPO(num_actions=32, kl_bound=0.01, eta=1.0, eta_bound=0.1, lr=0.1, device="cpu")
+    mpo = NonparametricMPO(num_actions=32, kl_bound=0.01, eta=1.0, eta_bound=0.1, device="cpu")
     states = torch.randn(32, 3)
-    svi = SVI(virel_model, policy.guide, pyro.optim.SGD({"lr": 0.0}), loss=mpo)
+    e_step, duals = EStep(virel_model, policy.guide, mpo, lr=0.0), torch.optim.Adam(mpo.parameters(), lr=0.1)
     for _ in range(150):
         pyro.set_rng_seed(0)  # the same samples each time: g(η) is then a fixed function
-        svi.step(states, eps=mpo.epsilon_rule(None, None), q=critic.q, prior=old.distribution)
+        _, outputs = e_step(critic, states, eps=mpo.epsilon_rule(None, None), q=critic.q, prior=old.distribution)
+        duals.zero_grad()
+        outputs["duals"].backward()
+        duals.step()
     pyro.set_rng_seed(0)
     actions = old.distribution(states).expand([32, 32]).sample()
     q = critic.q(states, actions).detach()
@@ -299,8 +311,8 @@ def test_resume_after_ctrl_c_is_exact_for_variants_with_extra_state(tmp_path, al
     train(resume=tmp_path / "resumed")
     a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)["agent"]
     b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["agent"]
-    assert set(a["extras"]) == {"mpo_np": {"old_policy", "mpo"}, "sac_auto": {"alpha"}}[algo]
-    for part in ("policy", "critic", "extras"):
+    assert {key.split(".")[0] for key in a["variant"]} == {"mpo_np": {"old_policy", "mpo"}, "sac_auto": {"alpha"}}[algo]
+    for part in ("policy", "critic", "variant", "dual_optim"):
         _assert_same(a[part], b[part], part)
     assert (tmp_path / "straight" / "train.csv").read_text() == (tmp_path / "resumed" / "train.csv").read_text()
 
@@ -321,12 +333,43 @@ def _assert_same(a, b, where: str) -> None:
         assert a == b, where
 
 
+def _state_of(modules) -> list[torch.Tensor]:
+    return [t.detach().clone() for m in modules for t in [*m.parameters(), *m.buffers()]]
+
+
+@pytest.mark.parametrize("algo", ["sac_auto", "mpo_np"])
+def test_each_loss_only_computes_called_twice_it_gives_the_same_value_and_moves_no_state(algo):
+    """The E-step's loss and the duals' loss, each called twice from the same random state: the same values, and no
+    parameter, buffer or gradient of the agent changed (nothing steps inside a loss)."""
+    box = ActionBox([-2.0], [2.0])
+    agent = VirelAgent(3, box, Config(algo=algo, hidden=(8,)))
+    variant, states = agent.variant, torch.randn(5, 3)
+    batch = Batch(states, torch.rand(5, 1), torch.randn(5), torch.randn(5, 3), torch.zeros(5))
+    modules = [agent.policy, agent.critic, agent.variant_state]
+    kwargs = dict(eps=torch.tensor(0.3), q=agent.q_on_box, prior=variant.prior)
+
+    def losses() -> list[torch.Tensor]:
+        pyro.set_rng_seed(3)
+        values, e_outputs = [], {}
+        if variant.replaces_elbo:  # classic MPO's own E-step loss
+            loss, e_outputs = variant.loss(variant.model, variant.guide, states, **kwargs)
+            values.append(loss)
+        dual_loss, outputs = variant.dual_loss(batch, e_outputs)
+        return [*values, dual_loss, *outputs.values()]
+
+    before = _state_of(modules)
+    first, second = losses(), losses()
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(before, _state_of(modules), strict=True))
+    assert all(p.grad is None for m in modules for p in m.parameters())
+
+
 def test_a_checkpoint_without_the_variants_state_is_refused():
     box = ActionBox([-3.0], [3.0])
     agent = VirelAgent(4, box, Config(algo="mpo", hidden=(8,)))
     state = agent.state_dict()
-    del state["extras"]["old_policy"]
-    with pytest.raises(KeyError, match="no 'old_policy' state of the 'mpo' variant"):
+    state["variant"] = {k: v for k, v in state["variant"].items() if not k.startswith("old_policy.")}
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\).*old_policy\.updates"):
         VirelAgent(4, box, Config(algo="mpo", hidden=(8,))).load_state_dict(state)
 
 

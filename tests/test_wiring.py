@@ -284,7 +284,8 @@ def test_humanoid_beta_lambda_through_the_command_line(entry, preset, lam, tmp_p
 
 
 def old_policy_net(agent: VirelAgent) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in agent.state_dict()["extras"]["old_policy"]["net"].items()}
+    prefix = "old_policy.net."
+    return {k.removeprefix(prefix): v.clone() for k, v in agent.state_dict()["variant"].items() if k.startswith(prefix)}
 
 
 def same(a: dict, b: dict) -> bool:

@@ -20,11 +20,9 @@ from virel_ppl.config import Config, lookup
 from virel_ppl.graphs import CudaGraph, announce_eager
 from virel_ppl.inference.actions import ActionBox
 from virel_ppl.inference.divergences import make_elbo
-from virel_ppl.inference.em import Batch, DeviceTrace_ELBO, EStep, SVIStep, adam, load_optimizer_state, m_step
+from virel_ppl.inference.em import Batch, DeviceTrace_ELBO, EStep, Stats, SVIStep, adam, m_step
 from virel_ppl.inference.guides import GUIDES, PolicyGuide, check_guide_fits
 from virel_ppl.variants import VARIANTS, Variant
-
-Stats = dict[str, torch.Tensor | float]
 
 
 class NonFiniteRecord:
@@ -102,6 +100,11 @@ class VirelAgent:
             self.critic.trainable_parameters(), config.critic_lr, config.fused_adam, capturable=capturable
         )
         self.variant = variant_class(config, self.policy, self.critic, box, capturable=capturable)
+        # the variant's state (log α, π_old, duals): torch modules, saved with the agent; their trainable parameters
+        # are the duals, one Adam at --dual-lr
+        self.variant_state = torch.nn.ModuleDict({name: getattr(self.variant, name) for name in self.variant.state})
+        duals = [p for p in self.variant_state.parameters() if p.requires_grad]
+        self.dual_optim = adam(duals, config.dual_lr, capturable=capturable) if duals else None
         self.elbo = self.variant.loss if self.variant.replaces_elbo else estimator
         if config.fast_update:  # the ELBO's differentiable_loss and one torch Adam (em.EStep)
             self.e_step = EStep(
@@ -129,11 +132,17 @@ class VirelAgent:
         eps = variant.eps(stats["critic/td_mse"], batch.rewards)
         # E-step: maximise the ELBO over the guide's parameters (the critic frozen inside the model)
         inputs = dict(eps=eps, q=self.q_on_box, prior=variant.prior, **variant.model_inputs(batch))
-        loss = self.e_step(self.critic, batch.obs, **inputs)
+        loss, e_outputs = self.e_step(self.critic, batch.obs, **inputs)
         # the target value network follows V slowly
         self.critic.update_target(cfg.tau)
-        # the variant's own step: SAC's α, MPO's π_old and duals
-        stats.update(variant.after_update(batch))
+        # the variant's duals (SAC's log α, classic MPO's log η and log λ): one Adam step on their loss
+        dual_loss, outputs = variant.dual_loss(batch, e_outputs)
+        if dual_loss is not None:
+            self.dual_optim.zero_grad(set_to_none=True)
+            dual_loss.backward()
+            self.dual_optim.step()
+        # the variant's step without an optimiser (MPO's π_old follows π_θ), and its statistics
+        stats.update(variant.after_update(batch, outputs))
         stats["actor/loss"], stats["eps"] = loss, eps
         self.nonfinite.record(stats.values(), step)
         return stats
@@ -179,8 +188,9 @@ class VirelAgent:
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
-        """Actions on the box for a batch of observations: π_θ samples, or the mode when ``deterministic``."""
-        return self.box.clip(self.policy.act(obs, deterministic))
+        """Actions on the box for a batch of observations: π_θ samples (clipped by the guide), or the mode when
+        ``deterministic``."""
+        return self.policy.act(obs, deterministic)
 
     @torch.no_grad()
     def policy_entropy(self, states: torch.Tensor) -> torch.Tensor:
@@ -197,7 +207,8 @@ class VirelAgent:
             "critic": self.critic.state_dict(),
             "critic_optim": self.critic_optim.state_dict(),
             "policy_optim": self.e_step.state_dict(),  # keyed by param-store names (pyro.optim's format)
-            "extras": self.variant.state_dict(),  # the variant's own state (log α, π_old, duals)
+            "variant": self.variant_state.state_dict(),  # the variant's own state (log α, π_old, duals)
+            **({"dual_optim": self.dual_optim.state_dict()} if self.dual_optim is not None else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -208,9 +219,11 @@ class VirelAgent:
             self.graph.reset()
         self.policy.load_state_dict(state["policy"])
         self.critic.load_state_dict(state["critic"])
-        load_optimizer_state(self.critic_optim, state["critic_optim"])
+        self.critic_optim.load_state_dict(state["critic_optim"])
         self.e_step.load_state_dict(state["policy_optim"])
-        self.variant.load_state_dict(state.get("extras", {}))
+        self.variant_state.load_state_dict(state.get("variant", {}))
+        if self.dual_optim is not None:
+            self.dual_optim.load_state_dict(state["dual_optim"])
 
 
 def why_not_captured(config: Config, device: torch.device, elbo: ELBO | None, policy: PolicyGuide) -> str | None:

@@ -15,11 +15,12 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import tyro
 
 from virel_ppl.config import Config, ConfigError, RunWarning, check_device, field_types, preset_config
+from virel_ppl.sweep.driver import SweepOptions
 
 
 def user_errors(command: Callable[..., None]) -> Callable[..., None]:
@@ -82,39 +83,20 @@ class EvaluateArgs:
     device: str = "cpu"
 
 
-def _other_value(value: Any, hint: Any) -> Any:
-    """A value of type ``hint`` different from ``value`` (for telling typed flags from defaults)."""
-    if value is None:
-        options = [a for a in typing.get_args(hint) if a is not type(None)]
-        value = {int: 0, float: 0.0, str: "", Path: Path("_")}.get(options[0], None) if options else None
-        return value if value is not None else object()
-    if isinstance(value, bool):
-        return not value
-    if isinstance(value, (int, float)):
-        return value + 1
-    if isinstance(value, str):
-        return value + "_"
-    if isinstance(value, Path):
-        return Path(f"{value}_")
-    if isinstance(value, tuple):
-        return (*value, 1)
-    if isinstance(value, dict):
-        return {**value, "_": 1.0}
-    raise TypeError(f"No other value for {value!r}")
-
-
 def typed_config_fields(argv: Sequence[str]) -> set[str]:
     """The ``Config`` fields whose flags appear in ``argv`` (the arguments of ``train``), including those given
-    their default value: parse twice, once with every default changed; a field is typed where both parses agree."""
-    hints = field_types()
-    shifted = Config(
-        **{f.name: _other_value(getattr(Config(), f.name), hints[f.name]) for f in dataclasses.fields(Config)}
-    )
-    plain = tyro.cli(TrainArgs, args=list(argv))
-    other = tyro.cli(TrainArgs, args=list(argv), default=TrainArgs(config=shifted))
-    return {
-        f.name for f in dataclasses.fields(Config) if getattr(plain.config, f.name) == getattr(other.config, f.name)
-    }
+    their default value. tyro returns values only, with no record of which came from the command line, so the flags
+    are read off ``argv`` by the names tyro gives them: ``--field-name`` (or ``--field_name``), and ``--no-field-name``
+    for a bool; ``--flag value`` or ``--flag=value``."""
+    kinds = field_types()
+    flags = {name.replace("_", "-"): name for name in kinds}
+    flags |= {"no-" + name.replace("_", "-"): name for name, kind in kinds.items() if kind is bool}
+    typed = set()
+    for arg in argv:
+        flag = arg.partition("=")[0].removeprefix("--").replace("_", "-")
+        if arg.startswith("--") and flag in flags:
+            typed.add(flags[flag])
+    return typed
 
 
 @user_errors
@@ -288,30 +270,7 @@ class SweepArgs:
     hidden=[64,64] tensorboard=false."""
     total_steps: int = 15_000
     """Environment steps of every run (the budget)."""
-    root: Path = Path("runs/sweep")
-    """Folder of the run directories, the report (ROOT/report) and Tune's state (ROOT/tune)."""
-    address: str | None = None
-    """None: start Ray on this machine; auto, HOST:PORT or ray://HOST:PORT: a running Ray cluster."""
-    max_concurrent: int | None = None
-    """Trials at once; None: the number of CPUs (each trial is single-threaded)."""
-    gpus_per_trial: float = 0.0
-    """GPUs per trial (fractions share one GPU); > 0 trains on cuda."""
-    search: Literal["grid", "asha"] = "grid"
-    """grid: every run to the end; asha: ASHA stops weak runs early (decisions at env-step milestones)."""
-    metric: str = "return_mean"
-    """Metric that ASHA compares (return_mean, return_std, eps, critic_q_loss, ...)."""
-    mode: Literal["max", "min"] = "max"
-    grace_steps: int | None = None
-    """asha: env steps before a run can be stopped; None: a quarter of --total-steps."""
-    reduction_factor: int = 3
-    """asha: keep the best 1/reduction-factor at each milestone."""
-    max_failures: int = 3
-    """Restarts of a trial whose worker dies (each resumes its run directory exactly)."""
-    tune_checkpoints: bool = True
-    """Hand Tune a copy of the run directory at each checkpoint (needed without a shared filesystem);
-    --no-tune-checkpoints keeps checkpoints in the run directories only."""
-    storage: str | None = None
-    """Tune's storage (a shared path or s3://... on a cluster); None: ROOT."""
+    options: Annotated[SweepOptions, tyro.conf.arg(name="")] = field(default_factory=SweepOptions)
     resume: bool = False
     """Continue the sweep saved in --root (after Ctrl-C): finished runs are kept, the others resume."""
 
@@ -320,6 +279,7 @@ class SweepArgs:
 def run_sweep(args: SweepArgs) -> None:
     from virel_ppl.sweep import parse_set, sweep
 
+    root = args.options.root
     try:
         grid: dict = {"env": list(args.envs), "algo": list(args.algos)}
         grid |= {"guide": list(args.guides), "elbo": list(args.elbos), "seed": list(args.seeds)}
@@ -328,30 +288,13 @@ def run_sweep(args: SweepArgs) -> None:
             if name in extra:
                 flag = {"total_steps": "total-steps"}.get(name, name + "s")
                 raise ConfigError(f"--set {name}=...: use --{flag}.")
-        base = Config(total_steps=args.total_steps)
         every = extra.pop("checkpoint_every") if len(extra.get("checkpoint_every", ())) == 1 else [None]
         grid |= {k: v for k, v in extra.items() if len(v) > 1}
-        base = dataclasses.replace(base, **{k: v[0] for k, v in extra.items() if len(v) == 1})
-        result = sweep(
-            grid,
-            base,
-            args.root,
-            address=args.address,
-            max_concurrent=args.max_concurrent,
-            gpus_per_trial=args.gpus_per_trial,
-            search=args.search,
-            metric=args.metric,
-            mode=args.mode,
-            grace_steps=args.grace_steps,
-            reduction_factor=args.reduction_factor,
-            max_failures=args.max_failures,
-            checkpoint_every=every[0],
-            tune_checkpoints=args.tune_checkpoints,
-            storage=args.storage,
-            resume=args.resume,
-        )
+        base = Config(total_steps=args.total_steps, **{k: v[0] for k, v in extra.items() if len(v) == 1})
+        options = dataclasses.replace(args.options, resume=args.resume, checkpoint_every=every[0])
+        result = sweep(grid, base, options=options)
     except KeyboardInterrupt:
-        _sweep_stopped(args.root)
+        _sweep_stopped(root)
     if result.table:
         print(result.table)
         print(f"report: {result.report} (plots beside it); runs: {result.root}")
@@ -360,7 +303,7 @@ def run_sweep(args: SweepArgs) -> None:
             f"error: {len(result.failed)} trial(s) failed: {', '.join(result.failed)} (see {result.root}/tune)"
         )
     if result.interrupted:
-        _sweep_stopped(args.root)
+        _sweep_stopped(root)
 
 
 def _sweep_stopped(root: Path) -> typing.NoReturn:

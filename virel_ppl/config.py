@@ -9,7 +9,7 @@ import math
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -205,8 +205,6 @@ class Config:
     """Also write TensorBoard event files."""
     progress: bool = True
     """Show a progress bar."""
-    extra: dict[str, float] = field(default_factory=dict)
-    """Variant-specific settings (e.g. mpo_kl_weight), read by the variant's builder."""
     fast_update: bool = True
     """E-step as the ELBO's differentiable_loss with one torch Adam over the guide's parameters (the same
     gradients and numbers as SVI.step); --no-fast-update runs pyro.infer.SVI.step, for debugging."""
@@ -314,6 +312,7 @@ class Config:
     @classmethod
     def from_dict(cls, d: dict) -> Config:
         d = dict(d)
+        d.pop("extra", None)  # a field of older runs that nothing read
         d["hidden"] = tuple(d["hidden"])
         d["run_dir"] = Path(d["run_dir"]) if d.get("run_dir") else None
         return cls(**d)

@@ -9,11 +9,16 @@ diff of VIREL (``docs/variants.md``). What the agent's update uses of it:
 - ``eps(td_mse, rewards)``: the temperature ε of the likelihood exp(Q/ε);
 - ``value_target(critic, policy, states)``: what V regresses to in the M-step;
 - ``critic_class``: the critic it needs (twin hard Q);
-- ``after_update(batch)``: its own step after each update (SAC's α, MPO's π_old), returning statistics to log.
+- ``dual_loss(batch, e_outputs)``: the loss of its own trainable state (SAC's log α, classic MPO's log η and log λ),
+  which the agent minimises with one Adam step after the E-step; None when it has none;
+- ``after_update(batch)``: what it does after each update without an optimiser (MPO's π_old follows π_θ), returning
+  statistics to log.
 
-A stateful variant keeps its state in attributes (SAC's ``alpha``, MPO's ``old_policy``, classic MPO's ``mpo``) and
-names them in ``state``; they are saved with the agent's ``state_dict``. Nothing here reads host-side values in the
-update, so a CUDA graph can hold any variant whole. ``examples/custom_variant.py`` adds one.
+A stateful variant keeps its state in small ``torch.nn.Module`` s (SAC's :class:`Temperature`, MPO's
+:class:`OldPolicy`, classic MPO's :class:`NonparametricMPO`), stored as attributes and named in ``state``: their
+parameters and buffers are saved with the agent's ``state_dict`` and their trainable parameters are what the agent's
+dual optimiser steps. Every loss here only computes: calling it twice changes nothing. Nothing here reads host-side
+values in the update, so a CUDA graph can hold any variant whole. ``examples/custom_variant.py`` adds one.
 """
 
 from __future__ import annotations
@@ -36,13 +41,13 @@ from virel_ppl.inference.critics import Critic, bellman_target
 from virel_ppl.inference.em import (
     Batch,
     EpsilonRule,
+    Stats,
     ValueTarget,
     beta_epsilon,
+    clip_to_box,
     detached_sample,
-    executed,
     fixed_epsilon,
     hard_value_target,
-    load_optimizer_state,
     soft_value_target,
 )
 from virel_ppl.inference.models import pseudo_likelihood_model, virel_model
@@ -51,31 +56,32 @@ from virel_ppl.inference.nets import mlp
 if TYPE_CHECKING:  # annotations only
     from virel_ppl.inference.guides import PolicyGuide
 
-Stats = dict[str, torch.Tensor]
-
 
 # --- MPO: the old policy as the prior ---------------------------------------------------------------------------
 
 
-class OldPolicy:
+class OldPolicy(torch.nn.Module):
     """π_old(a|s): the prior of MPO's model (VIREL App. G), a frozen copy of the guide π_θ.
 
-    Its M-step (maximising the ELBO over the prior's parameters) would set π_old = π_θ; MPO takes it slowly,
-    after each EM update: a hard copy every ``period`` updates, or with ``period = 0`` a Polyak step
-    π_old ← (1 − τ) π_old + τ π_θ.
+    Maximising the ELBO over the prior's parameters would set π_old = π_θ; MPO lets π_old follow π_θ slowly, after
+    each EM update (:meth:`follow`): a hard copy every ``period`` updates, or with ``period = 0`` a Polyak step
+    π_old ← (1 − τ) π_old + τ π_θ. Its state is the copy ``net`` and the count of updates ``updates`` (a buffer).
     """
 
     def __init__(self, policy: PolicyGuide, period: int, tau: float) -> None:
         if period < 0 or not 0.0 < tau <= 1.0:
             raise ValueError(f"OldPolicy needs period >= 0 and 0 < tau <= 1, got period={period}, tau={tau}.")
-        self.policy, self.period, self.tau = policy, period, tau
+        super().__init__()
+        self.period, self.tau = period, tau
         self.net = copy.deepcopy(policy).requires_grad_(False)
         if hasattr(policy, "box"):  # the same action box object, not a copy (policy_kl relies on it; it never changes)
             self.net.box = policy.box
         # the count of updates stays on the device, and the copy is a select on it: no host branch, so a CUDA
         # graph holds the whole step
         device = next(policy.parameters()).device
-        self.updates = torch.zeros((), dtype=torch.long, device=device)
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long, device=device))
+        # what follow() reads and writes, listed once (plain lists: the policy is not part of this module's state)
+        self._params = (list(self.net.parameters()), list(policy.parameters()))
         self._pairs = list(zip(self.net.state_dict().values(), policy.state_dict().values(), strict=True))
 
     def distribution(self, states: torch.Tensor) -> Distribution:
@@ -84,51 +90,36 @@ class OldPolicy:
             return self.net.distribution(states)
 
     @torch.no_grad()
-    def step(self) -> None:
-        """The slow M-step of the prior, called once per EM update."""
+    def follow(self) -> None:
+        """π_old's slow move towards π_θ, once per EM update."""
         self.updates += 1
         if self.period == 0:
-            torch._foreach_lerp_(list(self.net.parameters()), list(self.policy.parameters()), self.tau)
+            torch._foreach_lerp_(*self._params, self.tau)
             return
         due = self.updates % self.period == 0
         for old, new in self._pairs:
             old.copy_(torch.where(due, new, old))
 
-    def state_dict(self) -> dict:
-        return {"net": self.net.state_dict(), "updates": int(self.updates)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.net.load_state_dict(state["net"])
-        self.updates.fill_(int(state["updates"]))
-
 
 # --- SAC: the temperature tuned to a target entropy -------------------------------------------------------------
 
 
-class Temperature:
+class Temperature(torch.nn.Module):
     """SAC's temperature α (= ε of the model), tuned so that the policy's entropy tracks H̄:
 
         min_{log α}  E_{s~D, a~π}[−α (log π(a|s) + H̄)]        (Haarnoja et al. 2018, "SAC: algorithms and
                                                                  applications", Eq. 18)
 
-    ``target_entropy`` None uses SAC's −action_dim (entropy on the environment's action scale). ``capturable``: its
-    Adam keeps the step on the device (the CUDA-graph update, ``graphs.py``).
+    Its state is the parameter ``log_alpha``; :meth:`loss` is the objective above, which the agent's dual optimiser
+    minimises. ``target_entropy`` None uses SAC's −action_dim (entropy on the environment's action scale).
     """
 
-    def __init__(
-        self,
-        alpha: float,
-        action_dim: int,
-        target_entropy: float | None,
-        lr: float,
-        device: torch.device | str,
-        capturable: bool = False,
-    ) -> None:
-        self.log_alpha = torch.tensor(math.log(alpha), device=device, requires_grad=True)
+    def __init__(self, alpha: float, action_dim: int, target_entropy: float | None, device: torch.device | str) -> None:
+        super().__init__()
+        self.log_alpha = torch.nn.Parameter(torch.tensor(math.log(alpha), device=device))
         self.target_entropy = -float(action_dim) if target_entropy is None else target_entropy
-        self.optim = torch.optim.Adam([self.log_alpha], lr=lr, capturable=capturable)
 
-    def __call__(self) -> torch.Tensor:
+    def forward(self) -> torch.Tensor:
         """The current α (detached)."""
         return self.log_alpha.detach().exp()
 
@@ -136,24 +127,9 @@ class Temperature:
         """As an ε rule: ε = α."""
         return self()
 
-    def update(self, policy: PolicyGuide, states: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One gradient step on log α from fresh actions of π_θ; returns α and the entropy estimate."""
-        with torch.no_grad():
-            d = policy.distribution(states)
-            log_pi = d.log_prob(detached_sample(d))  # rsample where there is one: no host check of the scale
-        loss = -(self.log_alpha.exp() * (log_pi + self.target_entropy)).mean()
-        self.optim.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optim.step()
-        return {"sac/alpha": self(), "sac/entropy": -log_pi.mean()}
-
-    def state_dict(self) -> dict:
-        return {"log_alpha": self.log_alpha.detach().clone(), "optim": self.optim.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        with torch.no_grad():
-            self.log_alpha.copy_(state["log_alpha"])
-        load_optimizer_state(self.optim, state["optim"])  # keeps this run's capturable (and kernel) choice
+    def loss(self, log_pi: torch.Tensor) -> torch.Tensor:
+        """−E[α (log π(a|s) + H̄)] at ``log_pi`` = log π_θ(a|s) of fresh actions (no gradient reaches θ)."""
+        return -(self.log_alpha.exp() * (log_pi + self.target_entropy)).mean()
 
 
 # --- VIREL2: one hard and one soft Q ----------------------------------------------------------------------------
@@ -195,7 +171,7 @@ def hard_soft_value_target(alpha: float) -> ValueTarget:
     def target(critic: Critic, policy: PolicyGuide, states: torch.Tensor) -> torch.Tensor:
         d = policy.distribution(states)
         a = detached_sample(d)  # rsample where there is one: no host check of the scale
-        q_hard, q_soft = critic.twin_q(states, executed(policy, a))
+        q_hard, q_soft = critic.twin_q(states, clip_to_box(policy, a))
         return torch.stack([q_hard, q_soft - alpha * d.log_prob(a)])
 
     return target
@@ -204,56 +180,51 @@ def hard_soft_value_target(alpha: float) -> ValueTarget:
 # --- classic (non-parametric) MPO: same model and guide, another inference step ------------------------------
 
 
-class NonparametricMPO:
+class NonparametricMPO(torch.nn.Module):
     """The classic MPO policy step (Abdolmaleki et al. 2018) as an SVI loss on MPO's model and guide.
 
-    E-step (non-parametric): draw ``num_actions`` actions a_j per state from the model's prior π_old and weight
-    them by q_j = softmax_j(Q(s, a_j)/η) — self-normalised importance sampling of the model's posterior
+    Weighting (MPO's non-parametric step): draw ``num_actions`` actions a_j per state from the model's prior π_old
+    and weight them by q_j = softmax_j(Q(s, a_j)/η) — self-normalised importance sampling of the model's posterior
     p(a|s, O) ∝ π_old(a|s) exp(Q(s, a)/η), with the prior as proposal. η is the model's ε (``eps``).
 
-    M-step (parametric): maximise Σ_j q_j log π_θ(a_j|s) subject to KL(π_old ‖ π_θ) ≤ ``kl_bound``, through
+    Fit (MPO's parametric step): maximise Σ_j q_j log π_θ(a_j|s) subject to KL(π_old ‖ π_θ) ≤ ``kl_bound``, through
     the Lagrangian −Σ_j q_j log π_θ(a_j|s) + λ KL; λ follows its dual, min_λ λ (ε_KL − KL).
 
     With ``eta_bound`` η follows MPO's dual instead of staying fixed,
         min_η  g(η) = η ε_η + η E_s log (1/M) Σ_j exp(Q(s, a_j)/η),
-    and :meth:`epsilon_rule` hands the current η to the model as its ε. Both duals take one Adam step per call.
-    The KL is analytic where torch knows it (Normal‖Normal, and TanhNormal pairs on the same box), else sampled.
-    ``capturable``: the duals' Adam keeps its step on the device (the CUDA-graph update, ``graphs.py``).
+    and :meth:`epsilon_rule` hands the current η to the model as its ε. Its state is the parameters ``log_eta`` and
+    ``log_lagrange``. A call returns the loss of θ and, among its outputs, the duals' loss (:meth:`dual_loss`) of the
+    same draws, which the agent's dual optimiser minimises. The KL is analytic where torch knows it (Normal‖Normal,
+    and TanhNormal pairs on the same box), else sampled.
     """
 
     def __init__(
-        self,
-        num_actions: int,
-        kl_bound: float,
-        eta: float,
-        eta_bound: float | None,
-        lr: float,
-        device: torch.device | str,
-        capturable: bool = False,
+        self, num_actions: int, kl_bound: float, eta: float, eta_bound: float | None, device: torch.device | str
     ) -> None:
         if num_actions < 2 or not kl_bound > 0 or not eta > 0 or (eta_bound is not None and not eta_bound > 0):
             raise ValueError(
                 "NonparametricMPO needs num_actions >= 2 and positive kl_bound, eta and eta_bound, got "
                 f"num_actions={num_actions}, kl_bound={kl_bound}, eta={eta}, eta_bound={eta_bound}."
             )
+        super().__init__()
         self.num_actions, self.kl_bound, self.eta_bound = num_actions, kl_bound, eta_bound
-        self.log_eta = torch.tensor(math.log(eta), device=device, requires_grad=True)
-        self.log_lagrange = torch.tensor(0.0, device=device, requires_grad=True)  # λ = 1 to start
-        self.optim = torch.optim.Adam([self.log_eta, self.log_lagrange], lr=lr, capturable=capturable)
-        self.last: dict[str, torch.Tensor] = {}
+        self.log_eta = torch.nn.Parameter(torch.tensor(math.log(eta), device=device))
+        self.log_lagrange = torch.nn.Parameter(torch.tensor(0.0, device=device))  # λ = 1 to start
 
     def epsilon_rule(self, td_mse: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
         """As an ε rule: the current η of the dual."""
         return self.log_eta.detach().exp()
 
-    def __call__(self, model: Callable, guide: Callable, states: torch.Tensor, *, eps, **kwargs) -> torch.Tensor:
-        """The loss of θ (SVI steps on it); also steps the duals and keeps statistics in ``self.last``."""
+    def forward(
+        self, model: Callable, guide: Callable, states: torch.Tensor, *, eps, **kwargs
+    ) -> tuple[torch.Tensor, Stats]:
+        """The loss of θ, and outputs: the duals' loss ``"duals"`` and the λ it used (to log)."""
         with torch.no_grad(), pyro.plate("actions", self.num_actions, dim=-2):
             # the model at ε = 1: a_j ~ π_old(·|s) and log p(O|s, a_j) = Q(s, a_j)
             model_trace = poutine.trace(model).get_trace(states, eps=1.0, **kwargs)
         actions, old = model_trace.nodes["a"]["value"], model_trace.nodes["a"]["fn"]
         q = model_trace.nodes["O"]["fn"].log_prob(model_trace.nodes["O"]["value"])  # (M, N)
-        weights = torch.softmax(q / eps, dim=0)  # E-step: q(a_j|s) on the prior's samples
+        weights = torch.softmax(q / eps, dim=0)  # the weighting: q(a_j|s) on the prior's samples
         with pyro.plate("actions", self.num_actions, dim=-2):
             guide_trace = poutine.trace(poutine.condition(guide, data={"a": actions})).get_trace(
                 states, eps=eps, **kwargs
@@ -263,32 +234,16 @@ class NonparametricMPO:
         kl = policy_kl(old, new, actions, log_pi)
         lagrange = self.log_lagrange.detach().exp()
         loss = -(weights * log_pi).sum(0).mean() + lagrange * kl
-        self._dual_step(q, kl.detach())
-        self.last = {"mpo/lagrange": lagrange, "mpo/eta": self.log_eta.detach().exp()}
-        return loss
+        return loss, {"duals": self.dual_loss(q, kl.detach()), "mpo/lagrange": lagrange}
 
-    def _dual_step(self, q: torch.Tensor, kl: torch.Tensor) -> None:
+    def dual_loss(self, q: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
+        """The duals' objective at Q(s, a_j) (shape ``(M, N)``) and KL(π_old ‖ π_θ): λ's, and η's with a bound."""
         loss = self.log_lagrange.exp() * (self.kl_bound - kl)
         if self.eta_bound is not None:
             eta = self.log_eta.exp()
             log_mean_exp = torch.logsumexp(q / eta, dim=0) - math.log(self.num_actions)
             loss = loss + eta * self.eta_bound + eta * log_mean_exp.mean()
-        self.optim.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optim.step()
-
-    def state_dict(self) -> dict:
-        return {
-            "log_eta": self.log_eta.detach().clone(),
-            "log_lagrange": self.log_lagrange.detach().clone(),
-            "optim": self.optim.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        with torch.no_grad():
-            self.log_eta.copy_(state["log_eta"])
-            self.log_lagrange.copy_(state["log_lagrange"])
-        load_optimizer_state(self.optim, state["optim"])  # keeps this run's capturable (and kernel) choice
+        return loss
 
 
 def policy_kl(
@@ -331,15 +286,15 @@ def sampled_advantages(critic: Critic, gamma: float, batch: Batch) -> dict[str, 
 class Variant:
     """VIREL Alg. 1 (VIREL1): uniform prior, fixed ε = α, twin hard Q, hard value target E_π[Q].
 
-    The base of every variant. Built by the agent once its policy and critic exist; ``capturable``: optimisers a
-    variant builds keep their step counters on the device (the agent will capture its update as a CUDA graph).
+    The base of every variant. Built by the agent once its policy and critic exist; ``capturable``: the agent will
+    capture its update as a CUDA graph.
     """
 
     description = "VIREL Alg. 1 (VIREL1): uniform prior, fixed ε = α, twin hard Q, hard value target E_π[Q]."
     model: Callable = staticmethod(virel_model)
     critic_class: type[Critic] = Critic
     replaces_elbo = False  #: whether ``loss`` replaces the --elbo estimator (known before the variant is built)
-    state: tuple[str, ...] = ()  #: attributes saved with the agent (each has ``state_dict``/``load_state_dict``)
+    state: tuple[str, ...] = ()  #: attributes that hold its state: ``torch.nn.Module`` s saved with the agent
 
     def __init__(
         self, config: Config, policy: PolicyGuide, critic: Critic, box: ActionBox, capturable: bool = False
@@ -351,6 +306,12 @@ class Variant:
         self.eps: EpsilonRule = fixed_epsilon(config.alpha)
         self.value_target: ValueTarget = hard_value_target
 
+    @property
+    def fixed_eps(self) -> float | None:
+        """The ε of every update when it is a constant of the run (here ``config.alpha``), None when ε moves: what
+        analysis uses for a run that logged no ε."""
+        return self.config.alpha
+
     def prior(self, states: torch.Tensor) -> Distribution:
         """p(a|s): uniform on the action box."""
         return self.box.uniform()
@@ -359,22 +320,21 @@ class Variant:
         """Keyword arguments of the model beyond q, eps and prior (none)."""
         return {}
 
-    def after_update(self, batch: Batch) -> Stats:
-        """The variant's own step after each update (none); returns statistics to log."""
+    def dual_loss(self, batch: Batch, e_outputs: Stats) -> tuple[torch.Tensor | None, Stats]:
+        """The loss of the variant's duals, which the agent minimises by one Adam step after the E-step (None: it has
+        none), and outputs for :meth:`after_update`. ``e_outputs``: what the E-step's loss returned besides its value
+        (classic MPO's duals' loss)."""
+        return None, {}
+
+    def after_update(self, batch: Batch, outputs: Stats) -> Stats:
+        """What the variant does after each update without an optimiser (nothing), and its statistics to log;
+        ``outputs``: those of :meth:`dual_loss`."""
         return {}
-
-    def state_dict(self) -> dict:
-        return {name: getattr(self, name).state_dict() for name in self.state}
-
-    def load_state_dict(self, state: dict) -> None:
-        for name in self.state:
-            if name not in state:
-                raise KeyError(f"The checkpoint has no {name!r} state of the {self.config.algo!r} variant.")
-            getattr(self, name).load_state_dict(state[name])
 
 
 class Beta(Variant):
     description = "VIREL Alg. 2: ε_ω = (1 − γ)/r_avg · TD-MSE from the critic's residual."
+    fixed_eps = None
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -391,19 +351,24 @@ class Sac(Variant):
 
 class SacAuto(Variant):
     description = "SAC with α tuned to a target entropy (--target-entropy, default −action_dim)."
+    fixed_eps = None
     state = ("alpha",)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        cfg = self.config
-        self.alpha = Temperature(
-            cfg.alpha, self.box.dim, cfg.target_entropy, cfg.dual_lr, self.device, capturable=self.capturable
-        )
+        self.alpha = Temperature(self.config.alpha, self.box.dim, self.config.target_entropy, self.device)
         self.value_target = soft_value_target(self.alpha)
         self.eps = self.alpha.epsilon_rule
 
-    def after_update(self, batch: Batch) -> Stats:
-        return self.alpha.update(self.policy, batch.obs)
+    def dual_loss(self, batch: Batch, e_outputs: Stats) -> tuple[torch.Tensor, Stats]:
+        """α's loss at fresh actions of π_θ (after its E-step), and the entropy estimate."""
+        with torch.no_grad():
+            d = self.policy.distribution(batch.obs)
+            log_pi = d.log_prob(detached_sample(d))  # rsample where there is one: no host check of the scale
+        return self.alpha.loss(log_pi), {"sac/entropy": -log_pi.mean()}
+
+    def after_update(self, batch: Batch, outputs: Stats) -> Stats:
+        return {"sac/alpha": self.alpha(), **outputs}  # α after its step
 
 
 class Mpo(Variant):
@@ -420,8 +385,8 @@ class Mpo(Variant):
     def prior(self, states: torch.Tensor) -> Distribution:
         return self.old_policy.distribution(states)
 
-    def after_update(self, batch: Batch) -> Stats:
-        self.old_policy.step()
+    def after_update(self, batch: Batch, outputs: Stats) -> Stats:
+        self.old_policy.follow()
         return {}
 
 
@@ -434,24 +399,25 @@ class NonparametricMpo(Mpo):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         cfg = self.config
-        self.mpo = NonparametricMPO(
-            cfg.mpo_num_actions,
-            cfg.mpo_kl_bound,
-            cfg.alpha,
-            cfg.mpo_eta_bound,
-            cfg.dual_lr,
-            self.device,
-            capturable=self.capturable,
-        )
+        self.mpo = NonparametricMPO(cfg.mpo_num_actions, cfg.mpo_kl_bound, cfg.alpha, cfg.mpo_eta_bound, self.device)
         self.loss, self.eps = self.mpo, self.mpo.epsilon_rule
 
-    def after_update(self, batch: Batch) -> Stats:
-        """Log KL(π_old ‖ π_θ) as it stands after the step, then π_old's slow update."""
+    @property
+    def fixed_eps(self) -> float | None:
+        """η, when no dual moves it (no --mpo-eta-bound)."""
+        return float(self.mpo.epsilon_rule(None, None)) if self.config.mpo_eta_bound is None else None
+
+    def dual_loss(self, batch: Batch, e_outputs: Stats) -> tuple[torch.Tensor, Stats]:
+        """The duals' loss of the E-step's own draws, and the λ that step used."""
+        return e_outputs["duals"], {"mpo/lagrange": e_outputs["mpo/lagrange"]}
+
+    def after_update(self, batch: Batch, outputs: Stats) -> Stats:
+        """Log KL(π_old ‖ π_θ) as it stands after the step, then π_old follows π_θ."""
         with torch.no_grad():
             old = self.old_policy.distribution(batch.obs).expand([2, batch.obs.shape[0]])
             kl = policy_kl(old, self.policy.distribution(batch.obs).expand(old.batch_shape), detached_sample(old))
-        self.old_policy.step()
-        return {"mpo/kl": kl, **self.mpo.last}
+        self.old_policy.follow()
+        return {"mpo/kl": kl, **outputs, "mpo/eta": self.mpo.log_eta.detach().exp()}  # η after its step
 
 
 class Virel2(Variant):

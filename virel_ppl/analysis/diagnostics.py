@@ -71,16 +71,16 @@ class BoltzmannTarget:
 
     @classmethod
     def of_agent(cls, agent: VirelAgent, eps: float | None = None) -> BoltzmannTarget:
-        """The target of ``agent``'s E-step; ``eps`` defaults to ``config.alpha`` (the fixed ε of ``virel``).
+        """The target of ``agent``'s E-step; ``eps`` defaults to the variant's fixed ε (``Variant.fixed_eps``).
 
-        For ε rules that depend on the batch (``beta``) pass the ε to look at, e.g. :func:`last_logged_eps`.
+        For ε rules that move (``beta``, ``sac_auto``) pass the ε to look at, e.g. :func:`last_logged_eps`.
         """
         if eps is None:
-            if agent.config.algo != "virel":
+            eps = agent.variant.fixed_eps
+            if eps is None:
                 raise ValueError(
                     f"algo {agent.config.algo!r} sets ε from the data; pass eps= (e.g. last_logged_eps(run_dir))."
                 )
-            eps = agent.config.alpha
         q = getattr(agent, "q_on_box", agent.critic.q)  # Q(s, clip(a)), as the E-step scores actions
         return cls(q, agent.variant.prior, float(eps))
 
@@ -449,13 +449,13 @@ def training_diagnostics(
     return {"eps": float(eps), **diag.summary()}
 
 
-def _run_eps(run_dir: Path, config) -> float:
-    """The ε that ``diagnose`` looks at when none is given (see :func:`diagnose_run`)."""
+def _run_eps(run_dir: Path, config, fixed_eps: float | None) -> float:
+    """The ε that ``diagnose`` looks at when none is given (see :func:`diagnose_run`); ``fixed_eps``: the variant's."""
     from virel_ppl.config import ConfigError
 
     logged = last_logged_eps(run_dir)
-    if logged is None and config.algo == "virel":
-        return config.alpha  # its ε is fixed: nothing logged yet changes nothing
+    if logged is None and fixed_eps is not None:
+        return fixed_eps  # its ε is fixed: nothing logged yet changes nothing
     if logged is None:
         raise ConfigError(
             f"Cannot tell the run's ε: {run_dir / 'train.csv'} holds no complete row with ε, and {config.algo} sets "
@@ -497,7 +497,7 @@ def diagnose_run(
     else:
         raise ValueError(f"states must be 'rollout' or 'replay', got {states!r}.")
     if eps is None:
-        eps = _run_eps(run_dir, config)
+        eps = _run_eps(run_dir, config, agent.variant.fixed_eps)
     post = agent_action_posterior(agent, s, eps=eps, num_samples=num_samples, seed=seed)
     out = Path(out_dir) if out_dir is not None else run_dir / "posterior"
     out.mkdir(parents=True, exist_ok=True)

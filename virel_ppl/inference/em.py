@@ -29,6 +29,9 @@ if TYPE_CHECKING:  # annotations only: the E-step and M-step take any guide
     from virel_ppl.inference.guides import PolicyGuide
 
 
+Stats = dict[str, torch.Tensor | float]  #: named values to log or hand on: 0-d tensors (a float: SVI.step's loss)
+
+
 class Batch(NamedTuple):
     """A batch of transitions (s, a, r, s', terminated) as tensors on one device."""
 
@@ -85,27 +88,26 @@ def adam(params, lr: float, fused: bool = False, capturable: bool = False) -> to
 
     ``capturable`` (CUDA only; the CUDA-graph update, ``graphs.py``) keeps Adam's step counters on the device and
     computes its bias corrections there, so that a captured ``step()`` reads no host number; it rounds the bias
-    corrections differently from the host's float arithmetic (last bits)."""
+    corrections differently from the host's float arithmetic (last bits).
+
+    Its ``load_state_dict`` keeps these choices (see :func:`keep_own_kernel`)."""
     kernel = {"fused": True} if fused else {"foreach": True}
-    return torch.optim.Adam(params, lr=lr, capturable=capturable, **kernel)
+    optim = torch.optim.Adam(params, lr=lr, capturable=capturable, **kernel)
+    optim.register_load_state_dict_pre_hook(keep_own_kernel)
+    return optim
 
 
-def load_optimizer_state(optim: torch.optim.Optimizer, state: dict) -> None:
-    """``optim.load_state_dict(state)`` keeping ``optim``'s own kernel choice (foreach/fused) and ``capturable``: a
-    checkpoint written with another choice (or before there was one) would otherwise switch the optimiser to the
-    saved one. Step counters go where ``optim`` keeps them: on the parameters' device when capturable or fused (torch
-    moves them), on the host otherwise (a capturable checkpoint holds them on the device)."""
-    own = optim.state_dict()["param_groups"]
-    keys = ("foreach", "fused", "capturable")
-    groups = [{**g, **{k: o.get(k) for k in keys}} for g, o in zip(state["param_groups"], own)]
-    optim.load_state_dict({**state, "param_groups": groups})
-    for group in optim.param_groups:
-        if group.get("capturable") or group.get("fused"):
-            continue
-        for p in group["params"]:
-            step = optim.state.get(p, {}).get("step")
-            if isinstance(step, torch.Tensor) and step.device.type != "cpu":
-                optim.state[p]["step"] = step.to("cpu")
+def keep_own_kernel(optim: torch.optim.Optimizer, state: dict) -> dict:
+    """A load-state-dict pre-hook: the saved ``state`` with ``optim``'s own kernel choice (foreach/fused) and
+    ``capturable``. torch's ``load_state_dict`` adopts the saved choices, so a checkpoint written with another choice
+    (a capturable one from a CUDA-graph run, or one from before there was a choice) would switch the optimiser to it.
+    Step counters go where ``optim`` keeps them: on the parameters' device when capturable or fused (torch moves them),
+    on the host otherwise."""
+    own = {k: optim.defaults.get(k) for k in ("foreach", "fused", "capturable")}
+    saved = state["state"]
+    if not (own["capturable"] or own["fused"]):
+        saved = {i: {**s, "step": s["step"].cpu()} if torch.is_tensor(s.get("step")) else s for i, s in saved.items()}
+    return {**state, "state": saved, "param_groups": [{**g, **own} for g in state["param_groups"]]}
 
 
 class DeviceTrace_ELBO(Trace_ELBO):
@@ -135,8 +137,9 @@ class EStep:
     - an ``ELBO`` with ``differentiable_loss`` (trace, meanfield, tail_adaptive, enum): that loss;
     - any other ``ELBO`` (Rényi/IWAE, TraceGraph): its ``loss_and_grads``, as ``SVI.step`` calls it (a float per
       step); announced once with a ``RuntimeWarning``;
-    - a loss callable ``loss(model, guide, *args, **kwargs) -> tensor`` (mpo_np): called and back-propagated,
-      as ``SVI`` does with a callable.
+    - a loss callable ``loss(model, guide, *args, **kwargs)`` (mpo_np): called and back-propagated, as ``SVI`` does
+      with a callable. It returns the loss, or a pair (the loss, named outputs for the variant's own step); the
+      E-step hands the outputs back with the loss.
 
     The parameters are those of the ``param`` sites that the first step's trace records (``pyro.module`` in the
     guide, or in the model when the policy is the prior, as in pseudo_likelihood), in name order; the set is
@@ -174,20 +177,22 @@ class EStep:
                 stacklevel=2,
             )
 
-    def _loss_and_backward(self, states: torch.Tensor, kwargs: dict) -> torch.Tensor | float:
+    def _loss_and_backward(self, states: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor | float, Stats]:
+        outputs: Stats = {}
         if self.kind == "differentiable_loss":
             loss = self.loss.differentiable_loss(self.model, self.guide, states, **kwargs)
         elif self.kind == "loss_and_grads":
-            return self.loss.loss_and_grads(self.model, self.guide, states, **kwargs)
+            return self.loss.loss_and_grads(self.model, self.guide, states, **kwargs), outputs
         else:
-            loss = self.loss(self.model, self.guide, states, **kwargs)
+            loss, outputs = with_outputs(self.loss(self.model, self.guide, states, **kwargs))
         loss.backward()
-        return loss.detach()
+        return loss.detach(), outputs
 
     def __call__(
         self, critic: Critic, states: torch.Tensor, eps: float | torch.Tensor, **model_kwargs
-    ) -> torch.Tensor | float:
-        """One E-step; returns the loss −ε·ELBO/N (a 0-d tensor, or a float from ``loss_and_grads``).
+    ) -> tuple[torch.Tensor | float, Stats]:
+        """One E-step; returns the loss −ε·ELBO/N (a 0-d tensor, or a float from ``loss_and_grads``) and the loss's
+        outputs (empty but for a loss callable that returns some).
 
         Unlike :func:`e_step` it does not test the loss for NaN: the agent records non-finite updates on the
         device and the trainer reads that record once per logging interval.
@@ -201,11 +206,11 @@ class EStep:
         params = poutine.trace(param_only=True) if self.optim is None else nullcontext()
         with pyro.get_param_store().scope(self.param_state):
             with params as capture, frozen(critic, self._critic_params), poutine.scale(scale=eps / states.shape[0]):
-                loss = self._loss_and_backward(states, kwargs)
+                loss, outputs = self._loss_and_backward(states, kwargs)
             if self.optim is None:
                 self._build({name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()})
         self.optim.step()
-        return loss
+        return loss, outputs
 
     def _build(self, params: dict[str, torch.Tensor]) -> None:
         if not params:
@@ -244,7 +249,7 @@ class EStep:
             raise KeyError(f"The optimiser state names parameters this guide does not have: {sorted(unknown)}.")
         full = self.optim.state_dict()
         full["state"] = {i: state[n]["state"][0] for i, n in enumerate(self.names) if n in state and state[n]["state"]}
-        load_optimizer_state(self.optim, full)
+        self.optim.load_state_dict(full)
 
 
 class SVIStep:
@@ -252,13 +257,25 @@ class SVIStep:
     :class:`EStep` is, with its own Pyro param store. :class:`EStep` is proven equal to it, bit for bit."""
 
     def __init__(self, model: Callable, guide: Callable, loss: ELBO | Callable, lr: float, fused: bool = False) -> None:
+        self.outputs: Stats = {}
+        if not isinstance(
+            loss, ELBO
+        ):  # SVI back-propagates a tensor: hand it the loss, keep the outputs for the caller
+            loss_and_outputs = loss
+
+            def loss(*args, **kwargs) -> torch.Tensor:
+                value, self.outputs = with_outputs(loss_and_outputs(*args, **kwargs))
+                return value
+
         # one Adam per parameter tensor (pyro.optim's way); the same kernel as EStep's, hence the same numbers
         self.svi = SVI(model, guide, pyro.optim.Adam({"lr": lr, "fused": fused}), loss)
         self.param_state: dict = {"params": {}, "constraints": {}}
 
-    def __call__(self, critic: Critic, states: torch.Tensor, eps: float | torch.Tensor, **model_kwargs) -> float:
+    def __call__(
+        self, critic: Critic, states: torch.Tensor, eps: float | torch.Tensor, **model_kwargs
+    ) -> tuple[float, Stats]:
         with pyro.get_param_store().scope(self.param_state):
-            return e_step(self.svi, critic, states, eps, **model_kwargs)
+            return e_step(self.svi, critic, states, eps, **model_kwargs), self.outputs
 
     def state_dict(self) -> dict:
         with pyro.get_param_store().scope(self.param_state):
@@ -269,6 +286,11 @@ class SVIStep:
             self.svi.optim.set_state(state)
 
 
+def with_outputs(value: torch.Tensor | tuple[torch.Tensor, Stats]) -> tuple[torch.Tensor, Stats]:
+    """A loss callable's return value as (loss, outputs): a bare loss has none."""
+    return (value, {}) if isinstance(value, torch.Tensor) else value
+
+
 # --- value targets: what V_ψ(s) regresses to (a choice, not a fork) -------------------------------------------
 
 ValueTarget = Callable[[Critic, "PolicyGuide", torch.Tensor], torch.Tensor]
@@ -276,12 +298,12 @@ ValueTarget = Callable[[Critic, "PolicyGuide", torch.Tensor], torch.Tensor]
 
 def hard_value_target(critic: Critic, policy: PolicyGuide, states: torch.Tensor) -> torch.Tensor:
     """V(s) ← E_{a~π}[Q(s, a)] (VIREL App. H, J_V), one action sample per state, scored as the env executes it."""
-    return critic.q(states, executed(policy, detached_sample(policy.distribution(states))))
+    return critic.q(states, clip_to_box(policy, detached_sample(policy.distribution(states))))
 
 
-def executed(policy: PolicyGuide, actions: torch.Tensor) -> torch.Tensor:
-    """The actions the environment executes for samples of ``policy``: clipped to its box. An unbounded guide's
-    samples (a Gaussian) can fall outside; a tanh-normal's cannot, and for those the clip changes no bit."""
+def clip_to_box(policy: PolicyGuide, actions: torch.Tensor) -> torch.Tensor:
+    """Samples of ``policy`` clipped to its box, as the environment executes them. An unbounded guide's samples (a
+    Gaussian) can fall outside; a tanh-normal's cannot, and for those the clip changes no bit."""
     box = getattr(policy, "box", None)
     return box.clip(actions) if box is not None else actions
 
@@ -302,7 +324,7 @@ def soft_value_target(alpha: float | Callable[[], torch.Tensor]) -> ValueTarget:
     def target(critic: Critic, policy: PolicyGuide, states: torch.Tensor) -> torch.Tensor:
         d = policy.distribution(states)
         a = detached_sample(d)
-        return critic.q(states, executed(policy, a)) - (alpha() if callable(alpha) else alpha) * d.log_prob(a)
+        return critic.q(states, clip_to_box(policy, a)) - (alpha() if callable(alpha) else alpha) * d.log_prob(a)
 
     return target
 

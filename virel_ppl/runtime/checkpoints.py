@@ -351,15 +351,40 @@ def agent_from_state(state: dict, path: Path, device: str = "cpu") -> tuple[Vire
 
 
 def load_agent_state(agent: VirelAgent, state: dict, path: Path) -> None:
-    """``agent.load_state_dict(state)``; :class:`CheckpointError` in one line when the checkpoint's tensors do not
-    fit the agent (e.g. a guide from code rebuilt with other sizes)."""
+    """``agent.load_state_dict(state)`` (an older layout first mapped by :func:`current_agent_layout`);
+    :class:`CheckpointError` in one line when the checkpoint's tensors do not fit the agent (e.g. a guide from code
+    rebuilt with other sizes)."""
     try:
-        agent.load_state_dict(state)
+        agent.load_state_dict(current_agent_layout(state))
     except (RuntimeError, KeyError, ValueError) as err:
         raise CheckpointError(
             f"{path} does not fit the agent built from its config ({_describe(err)}); a guide from code must be "
             "rebuilt as it was trained (train(resume=..., policy_factory=...))."
         ) from None
+
+
+def current_agent_layout(state: dict) -> dict:
+    """An agent state in today's layout. Checkpoints written before the variants' state became torch modules keep
+    it under ``extras`` as one dict per module (``{"old_policy": {"net": {...}, "updates": 7}, "alpha": {"log_alpha":
+    ..., "optim": {...}}, "mpo": {"log_eta": ..., "log_lagrange": ..., "optim": {...}}}``); today it is the modules'
+    ``state_dict`` under ``variant`` (``"old_policy.net.<name>"``, ``"old_policy.updates"``, ``"alpha.log_alpha"``,
+    ...) and the one Adam of the duals under ``dual_optim`` (each variant had at most one such optimiser)."""
+    if "extras" not in state:
+        return state
+    state = dict(state)
+    variant, optims = {}, []
+    for name, part in state.pop("extras").items():
+        for key, value in part.items():
+            if key == "optim":
+                optims.append(value)
+            elif isinstance(value, dict):  # a submodule's own state dict (π_old's net)
+                variant.update({f"{name}.{key}.{k}": v for k, v in value.items()})
+            else:  # a tensor, or a count saved as an int
+                variant[f"{name}.{key}"] = torch.as_tensor(value)
+    state["variant"] = variant
+    if optims:
+        (state["dual_optim"],) = optims
+    return state
 
 
 # --- resuming ------------------------------------------------------------------------------------------------------
