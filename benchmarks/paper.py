@@ -16,7 +16,8 @@ Learners, each an ordinary run directory ``ROOT/<env>__<algo>__<seed>`` of one R
 
 Trials run seed-major (every task and learner at seed 0, then seed 1, ...; stage 2 after stage 1), so the table is
 balanced whenever the work stops. Running the same command again continues the sweep in ``--root``: finished trials
-are kept, ours resume exactly from their checkpoints, a stopped SB3 trial starts again. Under a new ``--root`` (the
+are kept, the others (ours and SB3's alike) resume from the checkpoint of their last evaluation, exactly as if they
+had not stopped. Under a new ``--root`` (the
 old one lost), the trials already finished in ``--results`` are left out and only the others run. Every evaluation
 uses the mode action, ``--eval-episodes`` episodes on the same seeds at the same steps, for all learners.
 
@@ -197,8 +198,8 @@ def record_commits(root: Path, trials, commit: str) -> None:
     """Append this driver's commit, the step each unfinished trial continues from and the time the driver started
     (not the trial: a trial waits for a free slot) to ROOT/commits.json.
 
-    That step is the one its checkpoint holds (what a resume loads), not the last one it logged: an SB3 trial has no
-    checkpoint and starts again from 0, and ours lose what they logged after their last checkpoint."""
+    That step is the one its checkpoint holds (what a resume loads), not the last one it logged: every trial, ours and
+    SB3's, loses what it logged after its last checkpoint."""
     from virel_ppl.runtime.checkpoints import checkpoint_step
 
     path = root / "commits.json"

@@ -15,6 +15,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 from virel_ppl.config import Config, ConfigError, preset_config
 from virel_ppl.runtime.logger import read_csv
@@ -61,6 +62,92 @@ def test_an_sb3_run_is_an_ordinary_run_directory_evaluated_as_ours(tmp_path, mon
             total, done = total + r, terminated or truncated
         returns.append(total)
     assert ev["return_mean"][-1] == pytest.approx(np.mean(returns), rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def sb3_straight(tmp_path_factory) -> Path:
+    """SMALL run of SB3's SAC from start to end, never stopped."""
+    from virel_ppl.baselines import train_sb3_sac
+
+    return train_sb3_sac(Config(**SMALL, threads=1, run_dir=tmp_path_factory.mktemp("sb3") / "straight"))
+
+
+def _same_run(a: Path, b: Path) -> None:
+    """The two run directories logged the same rows (train.csv's wall clock aside) and ended with the same SB3."""
+    assert read_csv(a / "eval.csv") == read_csv(b / "eval.csv")
+    for stream in ("train", "episodes"):
+        x, y = read_csv(a / f"{stream}.csv"), read_csv(b / f"{stream}.csv")
+        x.pop("wall_s", None), y.pop("wall_s", None)
+        assert x == y, stream
+    x, y = (torch.load(d / "checkpoint.pt", weights_only=False)["sb3"] for d in (a, b))
+    for k, v in x["policy"].items():
+        assert torch.equal(v, y["policy"][k]), k
+    assert torch.equal(x["log_ent_coef"], y["log_ent_coef"])
+    assert x["counters"]["_n_updates"] == y["counters"]["_n_updates"] == 200  # one update a step after the warm-up
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_an_sb3_run_stopped_at_a_checkpoint_continues_as_if_never_stopped(sb3_straight, tmp_path):
+    """Stopped right after its checkpoint at step 200 (the previous one, step 100, kept), started again: the same
+    evaluations, rows and final networks as the run never stopped. The finished run keeps one checkpoint, without
+    its replay buffer."""
+    from virel_ppl.baselines import train_sb3_sac
+    from virel_ppl.runtime.checkpoints import PREVIOUS, checkpoint_step
+
+    def stop(step: int) -> None:
+        if step == 200:
+            raise _Stop
+
+    cfg = Config(**SMALL, threads=1, run_dir=tmp_path / "resumed")
+    with pytest.raises(_Stop):
+        train_sb3_sac(cfg, on_eval=stop)
+    assert checkpoint_step(tmp_path / "resumed") == 200
+    assert torch.load(tmp_path / "resumed" / PREVIOUS, weights_only=False)["step"] == 100
+    train_sb3_sac(cfg)
+    _same_run(sb3_straight, tmp_path / "resumed")
+    final = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    assert final["step"] == 300 and final["sb3"]["replay"] is None and not (tmp_path / "resumed" / PREVIOUS).exists()
+
+
+KILLED_AT_250 = """
+import os, signal, sys
+from pathlib import Path
+from virel_ppl.baselines import train_sb3_sac
+from virel_ppl.config import Config
+from virel_ppl.runtime.logger import RunLogger
+
+log = RunLogger.log
+def log_then_die(self, stream, step, scalars):
+    row = log(self, stream, step, scalars)
+    if stream == "train" and step == 250:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return row
+RunLogger.log = log_then_die
+train_sb3_sac(Config(**{small!r}, threads=1, run_dir=Path({run_dir!r})))
+"""
+
+
+def test_an_sb3_run_killed_mid_way_loses_only_the_steps_since_its_checkpoint(sb3_straight, tmp_path):
+    """kill -9 at step 250, between the checkpoints of steps 200 and 300: started again, the run continues from step
+    200 (the rows it logged after it are dropped) and ends as the run never stopped."""
+    import os
+    import signal
+    import subprocess
+
+    from virel_ppl.baselines import train_sb3_sac
+    from virel_ppl.runtime.checkpoints import checkpoint_step
+
+    run_dir = tmp_path / "killed"
+    script = KILLED_AT_250.format(small=SMALL, run_dir=str(run_dir))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    assert read_csv(run_dir / "train.csv")["step"][-1] == 250 and checkpoint_step(run_dir) == 200
+    train_sb3_sac(Config(**SMALL, threads=1, run_dir=run_dir))
+    _same_run(sb3_straight, run_dir)
 
 
 def test_a_finished_baseline_is_told_from_a_stopped_one(tmp_path):

@@ -10,6 +10,33 @@ from virel_ppl.inference.em import Batch
 
 #: the per-transition tensors, in ``Batch`` order
 FIELDS = Batch._fields
+#: rows compared at a time when packing (bounds the temporary memory of a large buffer)
+_CHUNK = 65_536
+
+
+def pack_next_obs(obs: torch.Tensor, next_obs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``next_obs`` without the rows that equal the next row of ``obs`` (within an episode s'_i is s_{i+1}): only
+    the others are kept, with their indices, so a checkpoint holds the observations about once instead of twice.
+
+    Lossless for any data: rows are compared bit for bit, and every row that differs (an episode's last transition,
+    the buffer's newest row, -0.0 against 0.0) is kept as it is. :func:`unpack_next_obs` undoes it."""
+    n = len(obs)
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[obs.element_size()]
+    same = torch.zeros(n, dtype=torch.bool)
+    for i in range(0, n - 1, _CHUNK):
+        j = min(i + _CHUNK, n - 1)
+        a, b = next_obs[i:j].reshape(j - i, -1), obs[i + 1 : j + 1].reshape(j - i, -1)
+        same[i:j] = (a.view(bits) == b.view(bits)).all(dim=1)
+    index = torch.nonzero(~same).squeeze(1)
+    return {"index": index, "rows": next_obs[index].clone()}
+
+
+def unpack_next_obs(obs: torch.Tensor, packed: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The ``next_obs`` that :func:`pack_next_obs` packed, from ``obs`` and the rows it kept."""
+    next_obs = torch.empty_like(obs)
+    next_obs[:-1] = obs[1:]
+    next_obs[packed["index"]] = packed["rows"]
+    return next_obs
 
 
 class ReplayBuffer:
