@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -314,6 +315,19 @@ def _status(out: Path) -> str:
     return "diverged" if ("diverged" in error or "NaN" in error or "non-finite" in error) else "failed"
 
 
+def _stopped(out: Path) -> str:
+    """How a trial that did not finish ended, for the table: ``diverged at step N`` (the step its error names, else
+    ``after step N``, its last evaluation) or ``failed``."""
+    status = _status(out)
+    if status != "diverged":
+        return status
+    lines = [ln for ln in (out / "error.txt").read_text().splitlines() if "diverged" in ln or "on-finite" in ln]
+    found = re.search(r"at step (\d+)", lines[-1]) if lines else None
+    if found:
+        return f"diverged at step {int(found.group(1))}"
+    return f"diverged after step {_last_step(out / 'eval.csv')}"
+
+
 def _steps_per_s(out: Path) -> float | None:
     """Env steps per second of wall clock between the evaluations after the warm-up (Tune's clock; segments of a
     resumed trial that its clock does not cover are skipped)."""
@@ -342,7 +356,7 @@ def table(results: Path, tasks, algos, budget: int, ci: float = 0.95) -> str:
             if not outs:
                 continue
             ok = [o for o in outs if _status(o) == "finished"]
-            bad = [f"seed {o.name.rsplit('__', 1)[1]} {_status(o)}" for o in outs if _status(o) != "finished"]
+            bad = [f"seed {o.name.rsplit('__', 1)[1]} {_stopped(o)}" for o in outs if _status(o) != "finished"]
             cells = []
             for m in marks:
                 vals = []

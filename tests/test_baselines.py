@@ -150,6 +150,25 @@ def test_an_sb3_run_killed_mid_way_loses_only_the_steps_since_its_checkpoint(sb3
     _same_run(sb3_straight, run_dir)
 
 
+def test_a_diverged_sb3_run_says_so_with_the_step_and_keeps_its_last_good_checkpoint(tmp_path, monkeypatch):
+    """The actor's weights set to NaN once its checkpoint at step 100 is written: SB3's next action fails torch's
+    check of the Gaussian's mean, which the run reports as SB3's divergence at that step."""
+    from virel_ppl.baselines import train_sb3_sac
+    from virel_ppl.runtime.checkpoints import checkpoint_step
+
+    models = []
+    real_sac = __import__("stable_baselines3").SAC
+    monkeypatch.setattr("stable_baselines3.SAC", lambda *a, **kw: models.append(real_sac(*a, **kw)) or models[-1])
+
+    def poison(step: int) -> None:
+        with torch.no_grad():
+            models[0].actor.mu.weight.fill_(float("nan"))
+
+    with pytest.raises(ConfigError, match=r"^sb3: SB3's SAC diverged at step 100 \(Expected parameter loc"):
+        train_sb3_sac(Config(**SMALL, threads=1, run_dir=tmp_path / "sb3"), on_eval=poison)
+    assert checkpoint_step(tmp_path / "sb3") == 100
+
+
 def test_a_finished_baseline_is_told_from_a_stopped_one(tmp_path):
     from virel_ppl.baselines import finished
 
@@ -267,8 +286,27 @@ def test_the_table_reports_a_diverged_trial_as_diverged_and_compares_with_sac(tm
     table = paper.table(tmp_path, ["Hopper-v5"], ["beta", "sb3_sac"], 10_000)
     beta = next(line for line in table.splitlines() if "| beta |" in line)
     # mean ± sd (population) of 100, 200, 300: 200 ± 81.6; IQM of three = their mean; 50 steps/s from timing.csv
-    assert "| 3 (seed 3 diverged) |" in beta and "200 ± 82" in beta and "| 50.0 |" in beta
+    assert "| 3 (seed 3 diverged at step 7000) |" in beta and "200 ± 82" in beta and "| 50.0 |" in beta
     assert beta.endswith("| ahead |")  # every resampled IQM of beta (≥ 100) is above every one of SAC (≤ 30)
+
+
+def test_a_diverged_trial_shows_the_step_its_error_names_else_its_last_evaluation(tmp_path):
+    """Tune's error.txt is a traceback: the step is read from the line that says what diverged."""
+    trace = "Traceback (most recent call last):\n  File ..., line 3, in <module>\nvirel_ppl.config.ConfigError: "
+    errors = {
+        0: trace + "The temperature α diverged at step 256: log_alpha = -1e+09, so α = 0 ...",
+        1: trace + "Hopper-v5__sb3_sac__1: SB3's SAC diverged at step 12000 (non-finite actor.mu.weight); ...",
+        2: trace + "The guide's mode action is not finite at evaluation step 3 (seed 10): the networks diverged",
+        3: "RuntimeError: worker died",
+    }
+    for seed, error in errors.items():
+        _result(tmp_path, f"Hopper-v5__beta__{seed}", {5000: 0.0, 10_000: 1.0}, error=error)
+    beta = next(ln for ln in paper.table(tmp_path, ["Hopper-v5"], ["beta"], 20_000).splitlines() if "| beta |" in ln)
+    expected = (
+        "seed 0 diverged at step 256; seed 1 diverged at step 12000; seed 2 diverged after step 10000; seed 3 failed"
+    )
+    assert f"| 0 ({expected}) |" in beta
+    assert not any(c.isdigit() for c in beta.split(") |")[1])  # no number from a trial that did not finish
 
 
 def test_one_seed_gives_no_verdict_against_sac(tmp_path):

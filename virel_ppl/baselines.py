@@ -202,13 +202,21 @@ def train_sb3_sac(config: Config, on_eval: Callable[[int], None] | None = None) 
     try:
         # log_interval=None: SB3 never dumps (and so never clears) its logger, which the recorder reads
         if model.num_timesteps < cfg.total_steps:
-            model.learn(
-                cfg.total_steps - model.num_timesteps,
-                callback=Recorder(),
-                log_interval=None,
-                reset_num_timesteps=state is None,
-                progress_bar=False,
-            )
+            try:
+                model.learn(
+                    cfg.total_steps - model.num_timesteps,
+                    callback=Recorder(),
+                    log_interval=None,
+                    reset_num_timesteps=state is None,
+                    progress_bar=False,
+                )
+            except ValueError as err:  # torch's check of a distribution's NaN parameters, inside SB3's update
+                if "invalid values" not in str(err):
+                    raise
+                raise ConfigError(
+                    f"{run_dir.name}: SB3's SAC diverged at step {model.num_timesteps} ({str(err).splitlines()[0]}); "
+                    "the last good checkpoint is kept."
+                ) from None
         evaluation(cfg.total_steps, final=True)
     finally:
         logger.close()
