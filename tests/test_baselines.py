@@ -447,3 +447,30 @@ def test_the_policy_probe_reads_the_run_it_is_given(pendulum_run):
     assert (p["step"], p["eps"]) == (120, last_eps) == (120, 1.0)
     assert p["mode_return"] == pytest.approx(evaluate(agent, "Pendulum-v1", 2, seed=20_000).mean())
     assert p["sampled_return"] != p["mode_return"] and 0.0 <= p["at_edge"] <= 1.0
+
+
+def test_the_humanoid_study_is_the_explicit_command_and_reports_100k_250k_500k(tmp_path):
+    """``--study humanoid`` plans the trials (names and configs) of the command that started its root, so that root
+    continues; a flag given with it wins; its table reports the returns at 100k, 250k and 500k."""
+    explicit = "--tasks Humanoid-v5 --budget 500000 --eval-every 10000 --algos beta sb3_sac --then virel"
+    explicit += " --root runs/paper-humanoid"
+    study, plain = paper.parse_args(["--study", "humanoid"]), paper.parse_args(explicit.split())
+    assert [(t.name, t.config) for t in paper.plan_trials(study)] == [
+        (t.name, t.config) for t in paper.plan_trials(plain)
+    ]
+    assert study.root == plain.root and len(paper.plan_trials(study)) == 9
+    assert paper.parse_args(["--study", "humanoid", "--seeds", "0"]).seeds == [0]
+    head = paper.table(tmp_path, ["Humanoid-v5"], ["beta"], 500_000, marks=study.marks).splitlines()[0]
+    assert "100k mean ± sd" in head and "250k IQM" in head and "500k IQM" in head and "25k" not in head
+
+
+def test_a_finished_trial_keeps_only_its_latest_checkpoint(tmp_path):
+    root, results = tmp_path / "root", tmp_path / "results"
+    trial = paper.plan_trials(args(tasks=["Hopper-v5"], algos=["beta"], then=[], seeds=[0]))[0]
+    run = root / trial.name
+    run.mkdir(parents=True)
+    (run / "eval.csv").write_text("step,return_mean,return_std\n5000,1,0\n10000,2,0\n")
+    (run / "checkpoint.pt").write_bytes(b"latest")
+    (run / "checkpoint.prev.pt").write_bytes(b"previous")
+    assert paper.collect(root, results, [trial]) == [trial.name]
+    assert (run / "checkpoint.pt").exists() and not (run / "checkpoint.prev.pt").exists()
