@@ -1,7 +1,9 @@
-"""VIREL against SAC on MuJoCo: the paper's comparison as one sweep (issue 20).
+"""VIREL against SAC on MuJoCo: the paper's comparison as one sweep.
 
     python benchmarks/paper.py                                  # 3 tasks x 3 seeds, 100k steps, 2 trials at a time
     python benchmarks/paper.py --table                          # the table and curves from what has finished
+    python benchmarks/paper.py --study humanoid                 # Humanoid-v5, 500k steps: beta, SB3's SAC, then virel
+    python benchmarks/paper.py --study humanoid --table         # its table, with returns at 100k, 250k and 500k
     python benchmarks/paper.py --budget 1000000 --tasks HalfCheetah-v5 Hopper-v5 Walker2d-v5 Ant-v5 Humanoid-v5 \\
         --seeds 0 1 2 3 4 --address auto --max-concurrent 75    # the paper's scale, on a Ray cluster
 
@@ -16,19 +18,25 @@ Learners, each an ordinary run directory ``ROOT/<env>__<algo>__<seed>`` of one R
 
 Trials run seed-major (every task and learner at seed 0, then seed 1, ...; stage 2 after stage 1), so the table is
 balanced whenever the work stops. Running the same command again continues the sweep in ``--root``: finished trials
-are kept, ours resume exactly from their checkpoints, a stopped SB3 trial starts again. Under a new ``--root`` (the
+are kept, the others (ours and SB3's alike) resume from the checkpoint of their last evaluation, exactly as if they
+had not stopped. Under a new ``--root`` (the
 old one lost), the trials already finished in ``--results`` are left out and only the others run. Every evaluation
 uses the mode action, ``--eval-episodes`` episodes on the same seeds at the same steps, for all learners.
 
 As each trial finishes, its ``config.json``, ``eval.csv``, ``train.csv``, ``timing.csv`` (Tune's wall clock at each
 evaluation) and ``commits.json`` (the commit of each driver that ran part of it, with the step it started from) are
 copied to ``--results`` (default ``benchmarks/results/paper/<trial>/``); a trial that failed is copied with its
-``error.txt`` and shows in the table as diverged or failed, never as a number. ``--table`` prints the Markdown table
-(return at 25k, 50k and the budget: mean ± sd and IQM with a 95 % bootstrap CI over seeds; env steps/s; ahead, on par
-or behind SAC), the training signals behind it (ε, TD-MSE, H(π) and mean Q from ``train.csv`` near the same steps)
-and writes the curves (``virel_ppl report``) beside the results.
+``error.txt`` and shows in the table as diverged (with the step) or failed, never as a number; the run directory of a
+finished trial keeps its latest checkpoint only. ``--table`` prints the Markdown table (return at 25k, 50k and the
+budget, or at ``--marks``: mean ± sd and IQM with a 95 % bootstrap CI over seeds; env steps/s; ahead, on par or behind
+SAC), the training signals behind it (ε, TD-MSE, H(π) and mean Q from ``train.csv`` near the same steps) and writes
+the curves (``virel_ppl report``) beside the results.
 
-A tuned row (issue 20, point 4) is a learner of ours with some fields changed, run and reported apart from the
+A named study (``--study``) is a set of these settings under a name: ``humanoid`` is ``--tasks Humanoid-v5 --budget
+500000 --eval-every 10000 --algos beta sb3_sac --then virel --root runs/paper-humanoid --marks 100000 250000 500000``
+(App. I gives Humanoid its own λ = 4e-4 for ``beta``, in the paper preset). Flags given with it override its values.
+
+A tuned row is a learner of ours with some fields changed, run and reported apart from the
 defaults: ``--tuned virel:alpha=0.2 --tasks Hopper-v5`` runs ``Hopper-v5__virel+alpha=0.2__<seed>`` for the seeds
 (its own sweep, under ``runs/paper-tuned`` unless ``--root`` says otherwise) into the same ``--results``. The table
 puts each tuned row under its task's defaults, by its label, and its curves go to ``report/tuned/``.
@@ -38,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -55,6 +64,18 @@ STAGE1 = ["beta", "virel", "sb3_sac"]
 STAGE2 = ["sac_auto"]
 REFERENCE = "sb3_sac"
 COPIED = ("config.json", "eval.csv", "train.csv")
+#: Named studies (``--study``): the flags each one sets.
+STUDIES = {
+    "humanoid": dict(
+        tasks=["Humanoid-v5"],
+        budget=500_000,
+        eval_every=10_000,
+        algos=["beta", "sb3_sac"],
+        then=["virel"],
+        root=Path("runs/paper-humanoid"),
+        marks=[100_000, 250_000, 500_000],
+    ),
+}
 TRIAL_FIELDS = ("total_steps", "eval_every", "eval_episodes", "checkpoint_every", "threads")  # the study's, every trial
 HERE = Path(__file__).resolve().parent
 
@@ -197,8 +218,8 @@ def record_commits(root: Path, trials, commit: str) -> None:
     """Append this driver's commit, the step each unfinished trial continues from and the time the driver started
     (not the trial: a trial waits for a free slot) to ROOT/commits.json.
 
-    That step is the one its checkpoint holds (what a resume loads), not the last one it logged: an SB3 trial has no
-    checkpoint and starts again from 0, and ours lose what they logged after their last checkpoint."""
+    That step is the one its checkpoint holds (what a resume loads), not the last one it logged: every trial, ours and
+    SB3's, loses what it logged after its last checkpoint."""
     from virel_ppl.runtime.checkpoints import checkpoint_step
 
     path = root / "commits.json"
@@ -224,7 +245,10 @@ def _timing(progress_csv: Path) -> list[tuple[int, float]]:
 
 
 def collect(root: Path, results: Path, trials) -> list[str]:
-    """Copy every finished (or failed) trial's small outputs to ``results``; returns the names newly copied."""
+    """Copy every finished (or failed) trial's small outputs to ``results``; returns the names newly copied. A
+    finished trial's ``checkpoint.prev.pt`` is removed (a Humanoid one holds up to 500k transitions)."""
+    from virel_ppl.runtime.checkpoints import PREVIOUS
+
     commits = json.loads((root / "commits.json").read_text()) if (root / "commits.json").exists() else {}
     new = []
     for t in trials:
@@ -242,6 +266,7 @@ def collect(root: Path, results: Path, trials) -> list[str]:
                 shutil.copy2(run / name, out / name)
         if done:
             (out / "error.txt").unlink(missing_ok=True)
+            (run / PREVIOUS).unlink(missing_ok=True)  # a fallback for a resume, which a finished trial has no use for
         else:
             shutil.copy2(error, out / "error.txt")
         timing = _timing(root / "tune" / t.name / "progress.csv")
@@ -263,7 +288,7 @@ def run(args: argparse.Namespace) -> None:
             print(f"{len(trials) - len(kept)} trial(s) already finished in {args.results}: not run again")
         trials = kept
         if not trials:
-            print(table(args.results, args.tasks, learners(args), args.budget))
+            print(table(args.results, args.tasks, learners(args), args.budget, marks=getattr(args, "marks", None)))
             return
     record_commits(root, trials, git_commit())
     stop = threading.Event()
@@ -293,7 +318,7 @@ def run(args: argparse.Namespace) -> None:
         print(f"failed: {', '.join(result.failed)} (see {root}/tune/<trial>/error.txt)", file=sys.stderr)
     if result.interrupted:
         raise SystemExit("The study stopped; run the same command again to continue it.")
-    print(table(args.results, args.tasks, learners(args), args.budget))
+    print(table(args.results, args.tasks, learners(args), args.budget, marks=getattr(args, "marks", None)))
 
 
 # --- the table --------------------------------------------------------------------------------------------------
@@ -313,6 +338,19 @@ def _status(out: Path) -> str:
     return "diverged" if ("diverged" in error or "NaN" in error or "non-finite" in error) else "failed"
 
 
+def _stopped(out: Path) -> str:
+    """How a trial that did not finish ended, for the table: ``diverged at step N`` (the step its error names, else
+    ``after step N``, its last evaluation) or ``failed``."""
+    status = _status(out)
+    if status != "diverged":
+        return status
+    lines = [ln for ln in (out / "error.txt").read_text().splitlines() if "diverged" in ln or "on-finite" in ln]
+    found = re.search(r"at step (\d+)", lines[-1]) if lines else None
+    if found:
+        return f"diverged at step {int(found.group(1))}"
+    return f"diverged after step {_last_step(out / 'eval.csv')}"
+
+
 def _steps_per_s(out: Path) -> float | None:
     """Env steps per second of wall clock between the evaluations after the warm-up (Tune's clock; segments of a
     resumed trial that its clock does not cover are skipped)."""
@@ -324,12 +362,18 @@ def _steps_per_s(out: Path) -> float | None:
     return sum(s for s, _ in spans) / sum(w for _, w in spans) if spans else None
 
 
-def table(results: Path, tasks, algos, budget: int, ci: float = 0.95) -> str:
-    """The Markdown table of the study from ``results``: one row per task and learner."""
+def default_marks(budget: int) -> list[int]:
+    """The steps the table reports when a study names none: 25k, 50k and the budget."""
+    return sorted({s for s in (25_000, 50_000, budget) if s <= budget})
+
+
+def table(results: Path, tasks, algos, budget: int, ci: float = 0.95, marks=None) -> str:
+    """The Markdown table of the study from ``results``: one row per task and learner, the return at each of
+    ``marks`` (default :func:`default_marks`)."""
     from virel_ppl.analysis.report import bootstrap_ci, iqm
     from virel_ppl.runtime.logger import read_csv
 
-    marks = sorted({s for s in (25_000, 50_000, budget) if s <= budget})
+    marks = sorted(set(marks or default_marks(budget)))
     head = " | ".join(f"{m // 1000}k mean ± sd | {m // 1000}k IQM [{ci:.0%} CI]" for m in marks)
     lines = [f"| task | learner | seeds | {head} | env steps/s | vs SAC at {budget // 1000}k |"]
     lines.append("|---|---|---|" + "---|---|" * len(marks) + "---|---|")
@@ -341,7 +385,7 @@ def table(results: Path, tasks, algos, budget: int, ci: float = 0.95) -> str:
             if not outs:
                 continue
             ok = [o for o in outs if _status(o) == "finished"]
-            bad = [f"seed {o.name.rsplit('__', 1)[1]} {_status(o)}" for o in outs if _status(o) != "finished"]
+            bad = [f"seed {o.name.rsplit('__', 1)[1]} {_stopped(o)}" for o in outs if _status(o) != "finished"]
             cells = []
             for m in marks:
                 vals = []
@@ -378,15 +422,15 @@ SIGNALS = (("eps", "ε"), ("critic/td_mse", "TD-MSE"), ("policy/entropy", "H(π)
 SB3_SIGNALS = {"eps": "sac/alpha", "critic/td_mse": "critic/q_loss"}  # what SB3's train.csv logs in their place
 
 
-def signals(results: Path, tasks, algos, budget: int, window: int = 5_000) -> str:
+def signals(results: Path, tasks, algos, budget: int, window: int = 5_000, marks=None) -> str:
     """What the learners' train.csv says near 25k, 50k and the budget: each value the mean of the rows logged in the
     ``window`` steps up to the mark, then the mean over the finished seeds. Ours on their scaled rewards; SB3's SAC
     logs its temperature α (in the ε column; 1/α is its reward scale) and its critic loss (the same twin mean of
-    E[δ²] as our TD-MSE, on unscaled rewards). "–": not logged (H(π) is logged since commit 88cbfa5); "(1 of 2
+    E[δ²] as our TD-MSE, on unscaled rewards). "–": not logged (older runs did not log H(π)); "(1 of 2
     seeds)": only so many of the row's seeds logged it."""
     from virel_ppl.runtime.logger import read_csv
 
-    marks = sorted({s for s in (25_000, 50_000, budget) if s <= budget})
+    marks = sorted(set(marks or default_marks(budget)))
     lines = ["| task | learner | seeds | step | " + " | ".join(label for _, label in SIGNALS) + " |"]
     lines.append("|---|---|---|---|" + "---|" * len(SIGNALS))
     for env in tasks:
@@ -426,8 +470,10 @@ def write_curves(results: Path, out: Path) -> Path | None:
     return write_report(defaults, out) if defaults else None
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; ``--study NAME`` sets the defaults of :data:`STUDIES` [NAME], which other flags override."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--study", choices=sorted(STUDIES), default=None, help="a named study (its settings)")
     parser.add_argument("--tasks", nargs="+", default=TASKS)
     parser.add_argument("--algos", nargs="+", default=STAGE1, help="stage 1 learners")
     parser.add_argument("--then", nargs="*", default=STAGE2, help="stage 2 learners (after all of stage 1)")
@@ -449,14 +495,24 @@ def main() -> None:
         " shared filesystem); default: each trial resumes from the checkpoint.pt in its run directory",
     )  # fmt: skip
     parser.add_argument("--table", action="store_true", help="print the table of --results and write its curves")
-    args = parser.parse_args()
+    parser.add_argument("--marks", type=int, nargs="+", default=None, help="steps the table reports (default: 25k, 50k"
+                        " and the budget)")  # fmt: skip
+    study = parser.parse_known_args(argv)[0].study
+    if study is not None:
+        parser.set_defaults(**STUDIES[study])
+    args = parser.parse_args(argv)
     args.root = args.root or Path("runs/paper-tuned" if args.tuned else "runs/paper")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     try:
         if args.table:
             rows = learners(args)
-            print(table(args.results, args.tasks, rows, args.budget))
+            print(table(args.results, args.tasks, rows, args.budget, marks=getattr(args, "marks", None)))
             print("\nTraining signals (train.csv):\n")
-            print(signals(args.results, args.tasks, rows, args.budget))
+            print(signals(args.results, args.tasks, rows, args.budget, marks=getattr(args, "marks", None)))
             report = write_curves(args.results, args.results / "report")
             print(f"curves: {report.parent if report else 'none yet'}")
         else:

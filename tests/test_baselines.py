@@ -15,6 +15,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 from virel_ppl.config import Config, ConfigError, preset_config
 from virel_ppl.runtime.logger import read_csv
@@ -61,6 +62,111 @@ def test_an_sb3_run_is_an_ordinary_run_directory_evaluated_as_ours(tmp_path, mon
             total, done = total + r, terminated or truncated
         returns.append(total)
     assert ev["return_mean"][-1] == pytest.approx(np.mean(returns), rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def sb3_straight(tmp_path_factory) -> Path:
+    """SMALL run of SB3's SAC from start to end, never stopped."""
+    from virel_ppl.baselines import train_sb3_sac
+
+    return train_sb3_sac(Config(**SMALL, threads=1, run_dir=tmp_path_factory.mktemp("sb3") / "straight"))
+
+
+def _same_run(a: Path, b: Path) -> None:
+    """The two run directories logged the same rows (train.csv's wall clock aside) and ended with the same SB3."""
+    assert read_csv(a / "eval.csv") == read_csv(b / "eval.csv")
+    for stream in ("train", "episodes"):
+        x, y = read_csv(a / f"{stream}.csv"), read_csv(b / f"{stream}.csv")
+        x.pop("wall_s", None), y.pop("wall_s", None)
+        assert x == y, stream
+    x, y = (torch.load(d / "checkpoint.pt", weights_only=False)["sb3"] for d in (a, b))
+    for k, v in x["policy"].items():
+        assert torch.equal(v, y["policy"][k]), k
+    assert torch.equal(x["log_ent_coef"], y["log_ent_coef"])
+    assert x["counters"]["_n_updates"] == y["counters"]["_n_updates"] == 200  # one update a step after the warm-up
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_an_sb3_run_stopped_at_a_checkpoint_continues_as_if_never_stopped(sb3_straight, tmp_path):
+    """Stopped right after its checkpoint at step 200 (the previous one, step 100, kept), started again: the same
+    evaluations, rows and final networks as the run never stopped. The finished run keeps one checkpoint, without
+    its replay buffer."""
+    from virel_ppl.baselines import train_sb3_sac
+    from virel_ppl.runtime.checkpoints import PREVIOUS, checkpoint_step
+
+    def stop(step: int) -> None:
+        if step == 200:
+            raise _Stop
+
+    cfg = Config(**SMALL, threads=1, run_dir=tmp_path / "resumed")
+    with pytest.raises(_Stop):
+        train_sb3_sac(cfg, on_eval=stop)
+    assert checkpoint_step(tmp_path / "resumed") == 200
+    assert torch.load(tmp_path / "resumed" / PREVIOUS, weights_only=False)["step"] == 100
+    train_sb3_sac(cfg)
+    _same_run(sb3_straight, tmp_path / "resumed")
+    final = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    assert final["step"] == 300 and final["sb3"]["replay"] is None and not (tmp_path / "resumed" / PREVIOUS).exists()
+
+
+KILLED_AT_250 = """
+import os, signal, sys
+from pathlib import Path
+from virel_ppl.baselines import train_sb3_sac
+from virel_ppl.config import Config
+from virel_ppl.runtime.logger import RunLogger
+
+log = RunLogger.log
+def log_then_die(self, stream, step, scalars):
+    row = log(self, stream, step, scalars)
+    if stream == "train" and step == 250:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return row
+RunLogger.log = log_then_die
+train_sb3_sac(Config(**{small!r}, threads=1, run_dir=Path({run_dir!r})))
+"""
+
+
+def test_an_sb3_run_killed_mid_way_loses_only_the_steps_since_its_checkpoint(sb3_straight, tmp_path):
+    """kill -9 at step 250, between the checkpoints of steps 200 and 300: started again, the run continues from step
+    200 (the rows it logged after it are dropped) and ends as the run never stopped."""
+    import os
+    import signal
+    import subprocess
+
+    from virel_ppl.baselines import train_sb3_sac
+    from virel_ppl.runtime.checkpoints import checkpoint_step
+
+    run_dir = tmp_path / "killed"
+    script = KILLED_AT_250.format(small=SMALL, run_dir=str(run_dir))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    assert read_csv(run_dir / "train.csv")["step"][-1] == 250 and checkpoint_step(run_dir) == 200
+    train_sb3_sac(Config(**SMALL, threads=1, run_dir=run_dir))
+    _same_run(sb3_straight, run_dir)
+
+
+def test_a_diverged_sb3_run_says_so_with_the_step_and_keeps_its_last_good_checkpoint(tmp_path, monkeypatch):
+    """The actor's weights set to NaN once its checkpoint at step 100 is written: SB3's next action fails torch's
+    check of the Gaussian's mean, which the run reports as SB3's divergence at that step."""
+    from virel_ppl.baselines import train_sb3_sac
+    from virel_ppl.runtime.checkpoints import checkpoint_step
+
+    models = []
+    real_sac = __import__("stable_baselines3").SAC
+    monkeypatch.setattr("stable_baselines3.SAC", lambda *a, **kw: models.append(real_sac(*a, **kw)) or models[-1])
+
+    def poison(step: int) -> None:
+        with torch.no_grad():
+            models[0].actor.mu.weight.fill_(float("nan"))
+
+    with pytest.raises(ConfigError, match=r"^sb3: SB3's SAC diverged at step 100 \(Expected parameter loc"):
+        train_sb3_sac(Config(**SMALL, threads=1, run_dir=tmp_path / "sb3"), on_eval=poison)
+    assert checkpoint_step(tmp_path / "sb3") == 100
 
 
 def test_a_finished_baseline_is_told_from_a_stopped_one(tmp_path):
@@ -180,8 +286,27 @@ def test_the_table_reports_a_diverged_trial_as_diverged_and_compares_with_sac(tm
     table = paper.table(tmp_path, ["Hopper-v5"], ["beta", "sb3_sac"], 10_000)
     beta = next(line for line in table.splitlines() if "| beta |" in line)
     # mean ± sd (population) of 100, 200, 300: 200 ± 81.6; IQM of three = their mean; 50 steps/s from timing.csv
-    assert "| 3 (seed 3 diverged) |" in beta and "200 ± 82" in beta and "| 50.0 |" in beta
+    assert "| 3 (seed 3 diverged at step 7000) |" in beta and "200 ± 82" in beta and "| 50.0 |" in beta
     assert beta.endswith("| ahead |")  # every resampled IQM of beta (≥ 100) is above every one of SAC (≤ 30)
+
+
+def test_a_diverged_trial_shows_the_step_its_error_names_else_its_last_evaluation(tmp_path):
+    """Tune's error.txt is a traceback: the step is read from the line that says what diverged."""
+    trace = "Traceback (most recent call last):\n  File ..., line 3, in <module>\nvirel_ppl.config.ConfigError: "
+    errors = {
+        0: trace + "The temperature α diverged at step 256: log_alpha = -1e+09, so α = 0 ...",
+        1: trace + "Hopper-v5__sb3_sac__1: SB3's SAC diverged at step 12000 (non-finite actor.mu.weight); ...",
+        2: trace + "The guide's mode action is not finite at evaluation step 3 (seed 10): the networks diverged",
+        3: "RuntimeError: worker died",
+    }
+    for seed, error in errors.items():
+        _result(tmp_path, f"Hopper-v5__beta__{seed}", {5000: 0.0, 10_000: 1.0}, error=error)
+    beta = next(ln for ln in paper.table(tmp_path, ["Hopper-v5"], ["beta"], 20_000).splitlines() if "| beta |" in ln)
+    expected = (
+        "seed 0 diverged at step 256; seed 1 diverged at step 12000; seed 2 diverged after step 10000; seed 3 failed"
+    )
+    assert f"| 0 ({expected}) |" in beta
+    assert not any(c.isdigit() for c in beta.split(") |")[1])  # no number from a trial that did not finish
 
 
 def test_one_seed_gives_no_verdict_against_sac(tmp_path):
@@ -322,3 +447,30 @@ def test_the_policy_probe_reads_the_run_it_is_given(pendulum_run):
     assert (p["step"], p["eps"]) == (120, last_eps) == (120, 1.0)
     assert p["mode_return"] == pytest.approx(evaluate(agent, "Pendulum-v1", 2, seed=20_000).mean())
     assert p["sampled_return"] != p["mode_return"] and 0.0 <= p["at_edge"] <= 1.0
+
+
+def test_the_humanoid_study_is_the_explicit_command_and_reports_100k_250k_500k(tmp_path):
+    """``--study humanoid`` plans the trials (names and configs) of the command that started its root, so that root
+    continues; a flag given with it wins; its table reports the returns at 100k, 250k and 500k."""
+    explicit = "--tasks Humanoid-v5 --budget 500000 --eval-every 10000 --algos beta sb3_sac --then virel"
+    explicit += " --root runs/paper-humanoid"
+    study, plain = paper.parse_args(["--study", "humanoid"]), paper.parse_args(explicit.split())
+    assert [(t.name, t.config) for t in paper.plan_trials(study)] == [
+        (t.name, t.config) for t in paper.plan_trials(plain)
+    ]
+    assert study.root == plain.root and len(paper.plan_trials(study)) == 9
+    assert paper.parse_args(["--study", "humanoid", "--seeds", "0"]).seeds == [0]
+    head = paper.table(tmp_path, ["Humanoid-v5"], ["beta"], 500_000, marks=study.marks).splitlines()[0]
+    assert "100k mean ± sd" in head and "250k IQM" in head and "500k IQM" in head and "25k" not in head
+
+
+def test_a_finished_trial_keeps_only_its_latest_checkpoint(tmp_path):
+    root, results = tmp_path / "root", tmp_path / "results"
+    trial = paper.plan_trials(args(tasks=["Hopper-v5"], algos=["beta"], then=[], seeds=[0]))[0]
+    run = root / trial.name
+    run.mkdir(parents=True)
+    (run / "eval.csv").write_text("step,return_mean,return_std\n5000,1,0\n10000,2,0\n")
+    (run / "checkpoint.pt").write_bytes(b"latest")
+    (run / "checkpoint.prev.pt").write_bytes(b"previous")
+    assert paper.collect(root, results, [trial]) == [trial.name]
+    assert (run / "checkpoint.pt").exists() and not (run / "checkpoint.prev.pt").exists()

@@ -429,3 +429,23 @@ def test_the_loop_imports_no_diagnostics_and_evaluation_no_training():
     assert not {"virel_ppl.analysis.diagnostics", "virel_ppl.train"} & imports["trainer"]
     assert not {"virel_ppl.train", "virel_ppl.runtime.trainer"} & imports["baselines"]
     assert "virel_ppl.runtime.evaluation" in imports["baselines"]
+
+
+@pytest.mark.parametrize("env_id", ["Humanoid-v5", "Ant-v5"])
+def test_a_restored_mujoco_env_gives_the_same_next_rewards(env_id):
+    """Humanoid's reward reads the centre of mass (xipos) and Ant's the torso (xpos) before stepping, as mj_step left
+    them: a restore that recomputed them from the restored positions changed the first reward after a resume."""
+    import numpy as np
+
+    from virel_ppl.runtime.envs import get_env_state, make_env, set_env_state
+
+    env, rng = make_env(env_id, seed=0), np.random.default_rng(0)
+    low, high = env.action_space.low, env.action_space.high
+    for _ in range(12):
+        env.step(rng.uniform(low, high) * 0.3)
+    restored = make_env(env_id, seed=1)
+    set_env_state(restored, get_env_state(env))
+    for _ in range(3):
+        action = rng.uniform(low, high) * 0.3
+        (obs_a, r_a, *_), (obs_b, r_b, *_) = env.step(action), restored.step(action)
+        assert r_a == r_b and np.array_equal(obs_a, obs_b)

@@ -8,13 +8,21 @@ uniformly at random for that many steps. Its run directory holds what ours hold 
 episodes on the same seeds, after the update of every ``eval_every``-th step and at the end), ``train.csv`` (SB3's last
 actor/critic loss and entropy coefficient every ``log_every`` steps) and ``episodes.csv``.
 
-A baseline run has no resumable checkpoint: one that was stopped is started again from scratch
-(:func:`finished` tells the two apart). Stable-Baselines3 is the ``bench`` extra (``pip install -e ".[bench]"``).
+A baseline run checkpoints at every evaluation, as ours do (``checkpoint.pt``, the one before kept as
+``checkpoint.prev.pt``, written atomically by :func:`virel_ppl.runtime.checkpoints.save_checkpoint`): SB3's networks,
+its three optimisers and the entropy coefficient, the filled part of its replay buffer, its counters (``num_timesteps``,
+``_episode_num``, ``_n_updates``, ``_last_obs``, ...) and the values its logger holds, the training env mid-episode
+(every wrapper, SB3's ``Monitor`` included, and the MuJoCo state), the action space's RNG (the warm-up's random
+actions) and the Python, NumPy and torch RNGs. Starting a stopped run again continues from its last checkpoint, and
+the rest of the run is the one an uninterrupted run would have had (on CPU; its logs drop the rows written after the
+checkpoint); only ``train.csv``'s ``wall_s`` differs. A finished run keeps a checkpoint without the replay buffer.
+Stable-Baselines3 is the ``bench`` extra (``pip install -e ".[bench]"``).
 """
 
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import time
 from collections.abc import Callable
@@ -92,21 +100,28 @@ def sb3_sac_hyperparameters(config: Config) -> dict:
 
 
 def train_sb3_sac(config: Config, on_eval: Callable[[int], None] | None = None) -> Path:
-    """Run SB3's SAC for ``config.total_steps`` into ``config.run_dir`` (removing an unfinished earlier attempt);
-    ``on_eval(step)`` is called after each evaluation row is written. Returns the run directory."""
+    """Run SB3's SAC for ``config.total_steps`` into ``config.run_dir``, continuing from the run's checkpoint when it
+    has one (an earlier attempt that stopped before its first checkpoint is removed); ``on_eval(step)`` is called
+    after each evaluation row and its checkpoint are written. Returns the run directory."""
     sb3 = require_sb3()
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
 
+    from virel_ppl.runtime.checkpoints import CHECKPOINT, PREVIOUS, load_checkpoint, save_checkpoint
     from virel_ppl.runtime.envs import make_env
     from virel_ppl.runtime.evaluation import evaluate
     from virel_ppl.runtime.logger import RunLogger, plot_learning_curve
 
     cfg = config
     run_dir = Path(cfg.run_dir)
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # no checkpoint to continue from: a stopped baseline starts again
-    run_dir.mkdir(parents=True)
+    state, keep_previous = None, True
+    if (run_dir / CHECKPOINT).exists() or (run_dir / PREVIOUS).exists():
+        state, path = load_checkpoint(run_dir, keys=SB3_KEYS)
+        keep_previous = path.name == CHECKPOINT  # else the next checkpoint replaces the unreadable one
+        _check_same_run(state["config"], cfg, run_dir)
+    elif run_dir.exists():
+        shutil.rmtree(run_dir)  # rows of an attempt that stopped before its first checkpoint
+    run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     kwargs = sb3_sac_hyperparameters(cfg)
@@ -130,18 +145,36 @@ def train_sb3_sac(config: Config, on_eval: Callable[[int], None] | None = None) 
         },
     }
     (run_dir / "config.json").write_text(json.dumps(recorded, indent=2, default=str))
-    logger = RunLogger(run_dir, cfg.tensorboard)
+    resumed_at = None
+    if state is not None:
+        resumed_at = state["step"]
+        load_sb3_state(model, state)
+    logger = RunLogger(run_dir, cfg.tensorboard, resume_step=resumed_at)
     actor = _ModeActor(model)
-    last = {"eval": -1}
+    last = {"eval": resumed_at if resumed_at is not None else -1, "keep_previous": keep_previous}
+    wall = {"start": time.perf_counter() - (state["wall_s"] if state is not None else 0.0)}
 
-    def evaluation(step: int) -> None:
+    def wall_s() -> float:
+        return time.perf_counter() - wall["start"]
+
+    def evaluation(step: int, final: bool = False) -> None:
+        _check_finite(model, run_dir, step)
         returns = evaluate(actor, cfg.env, cfg.eval_episodes, seed=cfg.seed + 10_000 + step)
         logger.log("eval", step, {"return_mean": returns.mean(), "return_std": returns.std()})
         last["eval"] = step
+        snapshot = sb3_state(model, recorded, wall_s(), replay=not final)
+        save_checkpoint(snapshot, run_dir / CHECKPOINT, keep_previous=last["keep_previous"])
+        last["keep_previous"] = True
+        if final:  # nothing resumes a finished run: the buffer and the checkpoint before go
+            (run_dir / PREVIOUS).unlink(missing_ok=True)
         if on_eval is not None:
             on_eval(step)
 
     class Recorder(BaseCallback):
+        def _on_training_start(self) -> None:
+            if state is not None:  # learn() gives SB3 a new logger: the values the next rows read come back
+                _load_logger(self.model.logger, state["sb3"]["logger"])
+
         def _on_rollout_start(self) -> None:  # after the update of step num_timesteps, as our evaluations are
             step = self.num_timesteps
             if step and step % cfg.eval_every == 0 and step != last["eval"]:
@@ -161,21 +194,147 @@ def train_sb3_sac(config: Config, on_eval: Callable[[int], None] | None = None) 
                         "critic/q_loss": values["train/critic_loss"],
                         "actor/loss": values["train/actor_loss"],
                         "sac/alpha": values["train/ent_coef"],
-                        "wall_s": time.perf_counter() - start,
+                        "wall_s": wall_s(),
                     },
                 )
             return True
 
-    start = time.perf_counter()
     try:
         # log_interval=None: SB3 never dumps (and so never clears) its logger, which the recorder reads
-        model.learn(cfg.total_steps, callback=Recorder(), log_interval=None, progress_bar=False)
-        if last["eval"] != cfg.total_steps:
-            evaluation(cfg.total_steps)
+        if model.num_timesteps < cfg.total_steps:
+            try:
+                model.learn(
+                    cfg.total_steps - model.num_timesteps,
+                    callback=Recorder(),
+                    log_interval=None,
+                    reset_num_timesteps=state is None,
+                    progress_bar=False,
+                )
+            except ValueError as err:  # torch's check of a distribution's NaN parameters, inside SB3's update
+                if "invalid values" not in str(err):
+                    raise
+                raise ConfigError(
+                    f"{run_dir.name}: SB3's SAC diverged at step {model.num_timesteps} ({str(err).splitlines()[0]}); "
+                    "the last good checkpoint is kept."
+                ) from None
+        evaluation(cfg.total_steps, final=True)
     finally:
         logger.close()
         model.env.close()
-    if not np.isfinite(model.actor.mu.weight.detach().numpy()).all():
-        raise ConfigError(f"{run_dir.name}: SB3's SAC diverged (non-finite policy weights).")
     plot_learning_curve(run_dir / "eval.csv", run_dir / "learning_curve.png", f"{cfg.env} — sb3_sac")
     return run_dir
+
+
+#: What an SB3 checkpoint holds at its top level (``load_checkpoint`` checks these).
+SB3_KEYS = ("config", "step", "sb3")
+#: SB3's counters and the last observation it acts from: what ``learn(reset_num_timesteps=False)`` continues from.
+SB3_COUNTERS = (
+    "num_timesteps", "_episode_num", "_n_updates", "_last_obs", "_last_episode_starts", "_last_original_obs",
+    "_current_progress_remaining", "ep_info_buffer", "ep_success_buffer",
+)  # fmt: skip
+
+
+def _check_same_run(saved: dict, cfg: Config, run_dir: Path) -> None:
+    """Refuse (one line) to continue a checkpoint of another run: the fields that fix the run must be the same."""
+    from virel_ppl.runtime.checkpoints import RESUMABLE
+
+    ours = cfg.to_dict()
+    changed = [k for k in RECORDED if k not in RESUMABLE + ("run_dir",) and k in saved and saved[k] != ours[k]]
+    if changed:
+        shown = ", ".join(f"{k} ({saved[k]!r} → {ours[k]!r})" for k in changed)
+        raise ConfigError(f"{run_dir} holds another SB3 run (changed: {shown}); choose another run directory.")
+
+
+def _check_finite(model, run_dir: Path, step: int) -> None:
+    """Refuse to go on (and to checkpoint) from non-finite networks or entropy coefficient."""
+    bad = [name for name, v in model.policy.state_dict().items() if not torch.isfinite(v).all()]
+    if not torch.isfinite(model.log_ent_coef.detach()).all():
+        bad.append("log_ent_coef")
+    if bad:
+        raise ConfigError(
+            f"{run_dir.name}: SB3's SAC diverged at step {step} (non-finite {', '.join(bad[:3])}); the last good "
+            "checkpoint is kept."
+        )
+
+
+def sb3_state(model, config: dict, wall_s: float, replay: bool = True) -> dict:
+    """Everything an SB3 SAC run continues from (see the module docstring), as one ``torch.save``-able dict."""
+    from virel_ppl.runtime.envs import get_env_state
+
+    sb3 = {
+        "policy": model.policy.state_dict(),
+        "actor_optimizer": model.actor.optimizer.state_dict(),
+        "critic_optimizer": model.critic.optimizer.state_dict(),
+        "log_ent_coef": model.log_ent_coef.detach().clone(),
+        "ent_coef_optimizer": model.ent_coef_optimizer.state_dict(),
+        "counters": {name: getattr(model, name) for name in SB3_COUNTERS},
+        "logger": {
+            "value": dict(model.logger.name_to_value),
+            "count": dict(model.logger.name_to_count),
+            "excluded": dict(model.logger.name_to_excluded),
+        },
+        "action_space_rng": model.action_space.np_random.bit_generator.state,
+        "replay": _replay_state(model.replay_buffer) if replay else None,
+    }
+    return {
+        "config": config,
+        "step": model.num_timesteps,
+        "wall_s": wall_s,
+        "sb3": sb3,
+        "env": get_env_state(model.env.envs[0]),
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+    }
+
+
+def load_sb3_state(model, state: dict) -> None:
+    """Put a freshly built ``model`` (same config) into the state :func:`sb3_state` saved."""
+    from virel_ppl.runtime.envs import set_env_state
+
+    sb3 = state["sb3"]
+    if sb3["replay"] is None:
+        raise ConfigError(f"The checkpoint at step {state['step']} is a finished run's (no replay buffer).")
+    model.policy.load_state_dict(sb3["policy"])
+    model.actor.optimizer.load_state_dict(sb3["actor_optimizer"])
+    model.critic.optimizer.load_state_dict(sb3["critic_optimizer"])
+    with torch.no_grad():
+        model.log_ent_coef.copy_(sb3["log_ent_coef"])
+    model.ent_coef_optimizer.load_state_dict(sb3["ent_coef_optimizer"])
+    for name, value in sb3["counters"].items():
+        setattr(model, name, value)
+    _load_replay(model.replay_buffer, sb3["replay"])
+    set_env_state(model.env.envs[0], state["env"])
+    model.action_space.np_random.bit_generator.state = sb3["action_space_rng"]
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
+    random.setstate(state["rng"]["python"])
+
+
+def _load_logger(logger, saved: dict) -> None:
+    logger.name_to_value.update(saved["value"])
+    logger.name_to_count.update(saved["count"])
+    logger.name_to_excluded.update(saved["excluded"])
+
+
+#: SB3 ReplayBuffer arrays, in order (``next_observations`` is packed, see ``replay.pack_next_obs``).
+SB3_REPLAY = ("observations", "actions", "rewards", "dones", "timeouts")
+
+
+def _replay_state(buffer) -> dict:
+    """The filled part of an SB3 ``ReplayBuffer`` as tensors; ``next_observations`` kept only where it is not the
+    next row's observation (the end of each episode, and the last row)."""
+    from virel_ppl.runtime.replay import pack_next_obs
+
+    n = buffer.buffer_size if buffer.full else buffer.pos
+    out = {name: torch.from_numpy(getattr(buffer, name)[:n].copy()) for name in SB3_REPLAY}
+    out["next_observations"] = pack_next_obs(out["observations"], torch.from_numpy(buffer.next_observations[:n]))
+    return {**out, "pos": buffer.pos, "full": buffer.full}
+
+
+def _load_replay(buffer, saved: dict) -> None:
+    from virel_ppl.runtime.replay import unpack_next_obs
+
+    n = len(saved["observations"])
+    for name in SB3_REPLAY:
+        getattr(buffer, name)[:n] = saved[name].numpy()
+    buffer.next_observations[:n] = unpack_next_obs(saved["observations"], saved["next_observations"]).numpy()
+    buffer.pos, buffer.full = saved["pos"], saved["full"]

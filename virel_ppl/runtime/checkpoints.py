@@ -175,15 +175,21 @@ def previous_path(path: Path) -> Path:
 # --- loading -------------------------------------------------------------------------------------------------------
 
 
-def _read(path: Path, map_location: str | torch.device | None) -> dict:
+#: The top-level keys of a checkpoint of ours (a baseline's checkpoint has its own, see ``baselines.SB3_KEYS``).
+KEYS = ("config", "step", "agent")
+
+
+def _read(path: Path, map_location: str | torch.device | None, keys: tuple[str, ...] = KEYS) -> dict:
     state = torch.load(path, map_location=map_location, weights_only=False)
-    if not isinstance(state, dict) or not {"config", "step", "agent"} <= set(state):
+    if not isinstance(state, dict) or not set(keys) <= set(state):
         raise ValueError("not a virel_ppl checkpoint")
     return state
 
 
-def load_checkpoint(run_dir: Path | str, map_location: str | torch.device | None = "cpu") -> tuple[dict, Path]:
-    """The latest readable checkpoint of ``run_dir`` and its path.
+def load_checkpoint(
+    run_dir: Path | str, map_location: str | torch.device | None = "cpu", keys: tuple[str, ...] = KEYS
+) -> tuple[dict, Path]:
+    """The latest readable checkpoint of ``run_dir`` (a dict with ``keys``) and its path.
 
     Falls back to ``checkpoint.prev.pt`` when ``checkpoint.pt`` is missing or unreadable, with a
     :class:`CheckpointWarning` saying how many logged steps are lost. Raises ``FileNotFoundError`` when the
@@ -196,7 +202,7 @@ def load_checkpoint(run_dir: Path | str, map_location: str | torch.device | None
     problem = "is missing"
     if latest.exists():
         try:
-            return _read(latest, map_location), latest
+            return _read(latest, map_location, keys), latest
         except Exception as err:  # truncated zip, pickling errors, foreign files: all mean "unreadable"
             problem = f"cannot be read ({_describe(err)})"
             if not previous.exists():
@@ -205,7 +211,7 @@ def load_checkpoint(run_dir: Path | str, map_location: str | torch.device | None
                     "back on."
                 ) from None
     try:
-        state = _read(previous, map_location)
+        state = _read(previous, map_location, keys)
     except Exception as err:
         raise CheckpointError(
             f"{latest} {problem} and the previous checkpoint {previous} cannot be read either ({_describe(err)})."

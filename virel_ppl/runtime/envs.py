@@ -210,6 +210,11 @@ def one_hot_if_discrete(env: gym.Env) -> gym.Env:
 
 
 _MJ_STATE = mujoco.mjtState.mjSTATE_INTEGRATION  # everything mj_step depends on
+# What mj_step leaves from its forward pass, i.e. of the positions before its integration, and an env reads before
+# its next step (Humanoid's centre of mass from xipos, Ant's torso from xpos): mj_forward after mj_setState would
+# compute them from the positions after it, and the next reward would differ.
+_MJ_DERIVED = ("xpos", "xipos", "xquat", "xmat", "ximat", "subtree_com", "cinert", "cvel", "cacc", "cfrc_int",
+               "cfrc_ext", "qacc", "qfrc_actuator", "actuator_force", "sensordata")  # fmt: skip
 
 # Simulator handles are saved through MuJoCo's own state API; the wrapped env is kept by reference.
 _NOT_COPIED = {"env", "model", "data", "mujoco_renderer", "_ezpickle_args", "_ezpickle_kwargs"}
@@ -246,6 +251,8 @@ def get_env_state(env: gym.Env) -> dict:
     if hasattr(base, "data") and hasattr(base, "model"):
         physics = np.empty(mujoco.mj_stateSize(base.model, _MJ_STATE))
         mujoco.mj_getState(base.model, base.data, physics, _MJ_STATE)
+        derived = {name: np.array(getattr(base.data, name)) for name in _MJ_DERIVED}
+        return {"layers": layers, "physics": physics, "derived": derived}
     return {"layers": layers, "physics": physics}
 
 
@@ -261,3 +268,5 @@ def set_env_state(env: gym.Env, state: dict) -> None:
         base = env.unwrapped
         mujoco.mj_setState(base.model, base.data, state["physics"], _MJ_STATE)
         mujoco.mj_forward(base.model, base.data)
+        for name, value in state.get("derived", {}).items():  # (states saved before these were kept lack them)
+            getattr(base.data, name)[...] = value

@@ -3,8 +3,12 @@
 A non-finite number stops the run with a ``ConfigError`` at the first place it can be seen, naming where it came
 from and what to change; nothing non-finite is stored in the replay, logged, evaluated or saved. The places:
 
+- the policy's action, before every training step (:func:`check_action`): a non-finite action is the agent's, and the
+  error names the part that diverged (:func:`diverged_parts`), so the environment is never blamed for it;
 - the environment's reward and observation, at every training step (:func:`check_env_step`) and evaluation step
   (:func:`check_eval_env_step`): a broken environment, not a diverged agent;
+- the variant's own parameters kept as logarithms (SAC's log α, MPO's log η and KL multiplier), after every update
+  (:func:`check_variant`): one whose exponential underflows to 0 or overflows has diverged though it is finite;
 - the guide's mode action during evaluation (:func:`check_mode_action`);
 - the agent's update statistics: the agent records the first non-finite update on the device at every update (no
   host sync); the trainer reads that record before it logs and before it checkpoints (:func:`check_updates`);
@@ -74,16 +78,120 @@ def check_mode_action(action: np.ndarray, live: np.ndarray, step: int, seed: int
         )
 
 
-def check_updates(agent: _RecordsNonFinite, step: int) -> None:
+#: What a variant's parameter kept as a logarithm is, in words, and the symbol of its exponential.
+LOG_PARAMETERS = {
+    "log_alpha": ("The temperature α", "α"),
+    "log_eta": ("MPO's dual η", "η"),
+    "log_lagrange": ("MPO's KL multiplier", "the multiplier"),
+}
+_CRITIC_ADVICE = (
+    "Lower --critic-lr or --policy-lr, or start a new run with a smaller --reward-scale: a --resume cannot change it, "
+    "as the replay buffer already holds rewards multiplied by the old scale."
+)
+_ADVICE = {
+    "variant": "Lower --dual-lr, the learning rate of SAC's α and MPO's duals.",
+    "critic": _CRITIC_ADVICE,
+    "policy": "Lower --policy-lr (or --critic-lr: the policy follows the critic).",
+}
+
+
+class _Agent(_RecordsNonFinite, Protocol):  # the part of VirelAgent read when blaming a divergence
+    def state_dict(self) -> dict: ...
+
+
+def _log_parameters(state: Any, where: str = "") -> list[tuple[str, torch.Tensor]]:
+    """The 0-d tensors named ``log_*`` in a variant's state (nested dicts), with their paths."""
+    found = []
+    for key, value in state.items() if isinstance(state, dict) else ():
+        path = f"{where}.{key}" if where else str(key)
+        if isinstance(value, dict):
+            found += _log_parameters(value, path)
+        elif isinstance(value, torch.Tensor) and value.dim() == 0 and str(key).startswith("log_"):
+            found.append((path, value))
+    return found
+
+
+def _bad_log_parameters(state: Any) -> list[tuple[str, str]]:
+    """Each log-parameter of a variant's state whose exponential is 0, inf or NaN: (what it is, its values)."""
+    found = _log_parameters(state)
+    if not found:
+        return []
+    values = torch.stack([t.detach().float() for _, t in found]).cpu()  # one read for all of them
+    bad = []
+    for (path, _), v in zip(found, values):
+        e = v.exp()
+        if not (bool(torch.isfinite(e)) and float(e) > 0):
+            name = path.rsplit(".", 1)[-1]
+            what, symbol = LOG_PARAMETERS.get(name, (f"The variant's {path}", f"exp({name})"))
+            bad.append((what, f"{name} = {float(v):.3g}, so {symbol} = {float(e):.3g}"))
+    return bad
+
+
+def diverged_parts(agent_state: dict) -> list[tuple[str, str]]:
+    """The parts of an agent's ``state_dict()`` that diverged, as ``(kind, description)`` in the order they are
+    blamed: the variant's own state (``kind`` "variant": α, MPO's duals, π_old; a log-parameter whose exponential is
+    0 or inf counts), then the critic, then the policy (with their optimisers' states)."""
+    parts = []
+    extras = agent_state.get("extras", {})
+    for what, values in _bad_log_parameters(extras):
+        parts.append(("variant", f"{what} ({values})"))
+    bad = _first_non_finite(extras, "the variant's state")
+    if bad is not None and not parts:
+        parts.append(("variant", f"non-finite values in {bad}"))
+    for kind, keys in (("critic", ("critic", "critic_optim")), ("policy", ("policy", "policy_optim"))):
+        bad = next((b for k in keys if (b := _first_non_finite(agent_state.get(k, {}), f"agent.{k}"))), None)
+        if bad is not None:
+            parts.append((kind, f"non-finite values in {bad}"))
+    return parts
+
+
+def _blame(parts: list[tuple[str, str]], default: str = "critic") -> tuple[str, str, str]:
+    """(who diverged, in words; what else is non-finite; the advice) for :func:`diverged_parts`' output."""
+    kind, text = parts[0] if parts else (default, "")
+    who = {"critic": "The critic", "policy": "The policy"}.get(kind) or text.split(" (")[0]
+    if kind == "variant" and not text.startswith("The "):
+        who = "The variant's state"
+    others = "; ".join(t for _, t in parts)
+    return who, others, _ADVICE[kind]
+
+
+def check_action(action: np.ndarray, agent: _Agent, step: int) -> None:
+    """Raise ``ConfigError`` when the policy's action for training step ``step`` is NaN/inf, before the environment
+    sees it: the agent diverged (the error names which part, see :func:`diverged_parts`), not the environment."""
+    if np.isfinite(action).all():
+        return
+    parts = diverged_parts(agent.state_dict())
+    who, others, advice = _blame(parts, default="policy")
+    first = agent.first_nonfinite_step()
+    since = f"; training statistics were NaN/inf from the update at step {first} on" if first is not None else ""
+    raise ConfigError(
+        f"{who} diverged by step {step}: the policy's action at step {step} is not finite ({others or 'its output'}"
+        f"{since}), so the environment never saw it. {advice}"
+    )
+
+
+def check_variant(variant_state: dict, step: int) -> None:
+    """Raise ``ConfigError`` when, after the update of step ``step``, a log-parameter of the variant (SAC's log α,
+    MPO's log η and KL multiplier) has an exponential of 0 or inf: the temperature or a dual diverged, though the
+    number itself is finite (its next use would make the policy NaN)."""
+    bad = _bad_log_parameters(variant_state)
+    if bad:
+        raise ConfigError(
+            f"{bad[0][0]} diverged at step {step}: {'; '.join(v for _, v in bad)} after that step's update (finite, "
+            f"but the next actions would be NaN; no checkpoint was written from then on). {_ADVICE['variant']}"
+        )
+
+
+def check_updates(agent: _Agent, step: int) -> None:
     """Raise ``ConfigError`` naming the first update whose statistics were NaN/inf (one host sync: the agent keeps
-    that record on the device at every update); ``step`` is where the trainer looked."""
+    that record on the device at every update) and the part of the agent that diverged; ``step`` is where the
+    trainer looked."""
     bad = agent.first_nonfinite_step()
     if bad is not None:
+        who, others, advice = _blame(diverged_parts(agent.state_dict()))
         raise ConfigError(
-            f"The critic diverged: training statistics became NaN/inf at step {bad} (seen at step {step}; "
-            f"no checkpoint was written from then on). Lower --critic-lr or --policy-lr, or start a new run "
-            "with a smaller --reward-scale: a --resume cannot change it, as the replay buffer already holds "
-            "rewards multiplied by the old scale."
+            f"{who} diverged: training statistics became NaN/inf at step {bad} (seen at step {step}; "
+            f"no checkpoint was written from then on{'; ' + others if others else ''}). {advice}"
         )
 
 
@@ -92,9 +200,11 @@ def check_state(state: Any, step: int, where: str = "agent") -> None:
     states) holds NaN or inf: a checkpoint is never written from a diverged agent."""
     bad = _first_non_finite(state, where)
     if bad is not None:
+        parts = diverged_parts(state) if isinstance(state, dict) else []
+        who, _, advice = _blame(parts)
         raise ConfigError(
             f"Non-finite values in {bad} at step {step}: no checkpoint is written from a diverged agent (the last "
-            "good one is kept). The critic diverged: lower --critic-lr or --reward-scale."
+            f"good one is kept). {who} diverged: {advice[0].lower() + advice[1:]}"
         )
 
 

@@ -42,7 +42,14 @@ from virel_ppl.runtime.checkpoints import (
 from virel_ppl.runtime.envs import check_spaces, get_env_state, make_env, set_env_state
 from virel_ppl.runtime.evaluation import evaluate
 from virel_ppl.runtime.logger import RunLogger, plot_learning_curve
-from virel_ppl.runtime.nan_policy import LossGrowthWatch, check_env_step, check_state, check_updates
+from virel_ppl.runtime.nan_policy import (
+    LossGrowthWatch,
+    check_action,
+    check_env_step,
+    check_state,
+    check_updates,
+    check_variant,
+)
 from virel_ppl.runtime.replay import ReplayBuffer
 
 Hook = Callable[["Trainer", int], None]
@@ -172,6 +179,7 @@ class Trainer:
         else:
             obs_t = torch.as_tensor(self.obs, dtype=torch.float32, device=self.agent.device).unsqueeze(0)
             action = self.agent.act(obs_t)[0].cpu().numpy()
+            check_action(action, self.agent, self.step + 1)  # the policy's fault, not the environment's
         next_obs, reward, terminated, truncated, info = self.env.step(action)
         check_env_step(cfg.env, reward, next_obs, self.step)
         # Bootstrapping stops only at true terminations; time-limit truncations keep V(s').
@@ -186,9 +194,12 @@ class Trainer:
 
     def update(self) -> None:
         """The gradient updates this step owes (``config.UpdateSchedule``), each on a fresh replay batch."""
-        for _ in range(self.schedule.due(self.step)):
+        due = self.schedule.due(self.step)
+        for _ in range(due):
             batch = self.replay.sample(self.config.batch_size)
             self.stats, self.last_states = self.agent.update(batch, step=self.step), batch.obs
+        if due:  # α or a dual whose exp() is 0 or inf is finite, but makes the next actions NaN
+            check_variant(self.agent.variant.state_dict(), self.step)
 
     def log(self, logger: RunLogger, episode: dict | None) -> None:
         """An ended episode's return and length; every ``log_every`` steps the last update's statistics, once they

@@ -92,20 +92,21 @@ def trainable(
     cfg = Config.from_dict(spec["config"])
     run_dir = Path(spec["run_dir"])
     cfg = replace(cfg, run_dir=run_dir)
-    if cfg.algo in BASELINES:  # an external learner: no checkpoint, so a stopped one starts again from scratch
+    checkpoint = tune.get_checkpoint() if tune_checkpoints else None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as src:
+            restore_if_newer(run_dir, Path(src))  # never an older copy over a newer run directory
+    if cfg.algo in BASELINES:  # an external learner: it resumes from its own checkpoint at its last evaluation
 
         def report_eval(step: int) -> None:
             if step < cfg.total_steps:  # the last one is reported once, below
-                tune.report(metrics(run_dir))
+                ckpt = tune.Checkpoint.from_directory(str(run_dir)) if tune_checkpoints else None
+                tune.report(metrics(run_dir), checkpoint=ckpt)
 
         if not finished(run_dir, cfg.total_steps):
             train_sb3_sac(cfg, on_eval=report_eval)
         tune.report({**metrics(run_dir), "finished": True})
         return
-    checkpoint = tune.get_checkpoint() if tune_checkpoints else None
-    if checkpoint is not None:
-        with checkpoint.as_directory() as src:
-            restore_if_newer(run_dir, Path(src))  # never an older copy over a newer run directory
     if not (run_dir / CHECKPOINT).exists() and run_dir.exists():
         shutil.rmtree(run_dir)  # rows from a trial that died before its first checkpoint
 
