@@ -36,6 +36,14 @@ same_bits = pytest.mark.skipif(bool(WHY), reason=WHY)
 NAMES = sorted(RECORDED["runs"][KERNELS or RECORDED["old_run"]])
 
 
+@pytest.fixture(scope="module")
+def child():
+    """A child process with this CPU's recorded kernel set pinned (imports paid once per test process)."""
+    child = record.PinnedChild(KERNELS or "default")
+    yield child
+    child.close()
+
+
 def differs() -> str:
     """What else differs from the recording, for a failure's message (a numpy or Pyro release may change bits)."""
     other = {k: v for k, v in record.stack().items() if RECORDED["stack"].get(k) != v and k != "python"}
@@ -44,23 +52,23 @@ def differs() -> str:
 
 @same_bits
 @pytest.mark.parametrize("name", [pytest.param(n, id=f"{n}@{AGAINST}") for n in NAMES])
-def test_a_short_run_is_bit_identical_to_the_recorded_one(name):
-    child = record.run_pinned(KERNELS, "--digests", name)
-    assert child["kernels"] == KERNELS.upper()  # the pin took: ATen ran the recorded kernel set
+def test_a_short_run_is_bit_identical_to_the_recorded_one(name, child):
+    ran = child.ask(digests=[name])
+    assert ran["kernels"] == KERNELS.upper()  # the pin took: ATen ran the recorded kernel set
     print(f"{name}: compared with the {KERNELS} kernels' recording under torch {TORCH}")
-    assert child["runs"][name] == RECORDED["runs"][KERNELS][name], f"{name} under {AGAINST}{differs()}"
+    assert ran["runs"][name] == RECORDED["runs"][KERNELS][name], f"{name} under {AGAINST}{differs()}"
 
 
 @same_bits
 @pytest.mark.parametrize("name", [pytest.param("virel", id=f"virel@{AGAINST}")])
-def test_one_ulp_on_one_weight_after_one_update_changes_the_digests(name):
+def test_one_ulp_on_one_weight_after_one_update_changes_the_digests(name, child):
     """The net's resolution: one critic weight one ulp up after step 150's update (of 300) must show (the same run
     unchanged is the recorded one: the test above)."""
-    child = record.run_pinned(KERNELS, "--digests", name, "--nudge-at", "150")
-    assert child["nudged"] == 1  # the hook moved a weight by exactly one ulp, once
+    ran = child.ask(digests=[name], nudge_at=150)
+    assert ran["nudged"] == 1  # the hook moved a weight by exactly one ulp, once
     recorded = RECORDED["runs"][KERNELS][name]
-    assert child["runs"][name]["agent"] != recorded["agent"]
-    assert child["runs"][name]["train.csv"] != recorded["train.csv"]
+    assert ran["runs"][name]["agent"] != recorded["agent"]
+    assert ran["runs"][name]["train.csv"] != recorded["train.csv"]
 
 
 def test_the_recorded_runs_cover_every_algorithm_guide_and_elbo():
@@ -77,17 +85,16 @@ def test_the_recorded_runs_cover_every_algorithm_guide_and_elbo():
         assert {f"elbo={e}" for e in DIVERGENCES} - {"elbo=trace", "elbo=enum"} <= names
 
 
-def test_an_old_run_directory_resumes_exactly_evaluates_and_diagnoses(tmp_path, capsys):
+def test_an_old_run_directory_resumes_exactly_evaluates_and_diagnoses(tmp_path, capsys, child):
     """The run in fixtures/old_run stopped at step 200; resumed to 300 it must equal a fresh 300-step run of the same
     config, bit for bit under the kernels it was recorded with, and evaluate and diagnose from its checkpoint."""
     from virel_ppl import cli
 
     old = tmp_path / "old_run"
     shutil.copytree(FIXTURES / "old_run", old)
-    kernels = KERNELS if KERNELS is not None else "default"
-    child = record.run_pinned(kernels, "--resume-old", str(old), str(tmp_path / "fresh"))
+    ran = child.ask(resume_old=[str(old), str(tmp_path / "fresh")])
     if not WHY and KERNELS == RECORDED["old_run"]:
-        assert child["old"] == child["fresh"], f"resumed ≠ fresh under {AGAINST}{differs()}"
+        assert ran["old"] == ran["fresh"], f"resumed ≠ fresh under {AGAINST}{differs()}"
     assert (old / "eval.csv").read_text().splitlines()[0] == "step,return_mean,return_std"
     capsys.readouterr()
     cli.main(["evaluate", str(old), "--episodes", "1"])
