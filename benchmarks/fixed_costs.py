@@ -14,7 +14,7 @@ Each learner runs in a fresh process, one after the other (the order flips at ev
   default. Timed: the whole process (imports included).
 - **SB3 SAC**: ``SAC("MlpPolicy", ...)`` with the same task, 256-256 networks, batch 256, learning rate 1e-3, buffer
   1e6, 1,000 warm-up steps (``learning_starts``), one update per step, seed 0 (as ``benchmarks/throughput.py``).
-  Timed: ``learn(N)`` (the issue's reference), and beside it the whole process.
+  Timed: ``learn(N)`` (the reference for the ratios below), and beside it the whole process.
 
 ``--roots`` times ``virel_ppl`` from each given checkout (through ``PYTHONPATH``; default: the checkout holding this
 file), so that before and after share one run. Then, for the last root, a breakdown of our fixed costs in a fresh
