@@ -100,13 +100,14 @@ class _Agent(_RecordsNonFinite, Protocol):  # the part of VirelAgent read when b
 
 
 def _log_parameters(state: Any, where: str = "") -> list[tuple[str, torch.Tensor]]:
-    """The 0-d tensors named ``log_*`` in a variant's state (nested dicts), with their paths."""
+    """The 0-d tensors named ``log_*`` in a variant's state (a module's flat ``state_dict`` or nested dicts), with
+    their paths."""
     found = []
     for key, value in state.items() if isinstance(state, dict) else ():
         path = f"{where}.{key}" if where else str(key)
         if isinstance(value, dict):
             found += _log_parameters(value, path)
-        elif isinstance(value, torch.Tensor) and value.dim() == 0 and str(key).startswith("log_"):
+        elif isinstance(value, torch.Tensor) and value.dim() == 0 and path.rsplit(".", 1)[-1].startswith("log_"):
             found.append((path, value))
     return found
 
@@ -132,7 +133,7 @@ def diverged_parts(agent_state: dict) -> list[tuple[str, str]]:
     blamed: the variant's own state (``kind`` "variant": α, MPO's duals, π_old; a log-parameter whose exponential is
     0 or inf counts), then the critic, then the policy (with their optimisers' states)."""
     parts = []
-    extras = agent_state.get("extras", {})
+    extras = agent_state.get("variant", agent_state.get("extras", {}))  # "extras": the layout before torch modules
     for what, values in _bad_log_parameters(extras):
         parts.append(("variant", f"{what} ({values})"))
     bad = _first_non_finite(extras, "the variant's state")

@@ -199,7 +199,7 @@ class Trainer:
             batch = self.replay.sample(self.config.batch_size)
             self.stats, self.last_states = self.agent.update(batch, step=self.step), batch.obs
         if due:  # α or a dual whose exp() is 0 or inf is finite, but makes the next actions NaN
-            check_variant(self.agent.variant.state_dict(), self.step)
+            check_variant(self.agent.variant_state.state_dict(), self.step)
 
     def log(self, logger: RunLogger, episode: dict | None) -> None:
         """An ended episode's return and length; every ``log_every`` steps the last update's statistics, once they
