@@ -193,21 +193,27 @@ def test_report_and_diagnose_read_a_run_written_under_the_other_generation(tmp_p
     ],
 )
 def test_a_missing_or_old_arviz_is_one_line_naming_the_version_to_install(installed, message, monkeypatch, tmp_path):
+    """``report`` says it before writing anything; ``train`` before its run directory, not at its first evaluation."""
     root = tmp_path / "runs"
     root.mkdir()
     for seed in (0, 1):
         fake_run(root, f"r{seed}", "virel", seed, [0, 1, 2])
+    real_version = metadata.version
 
     def version(name):
         if name == "arviz" and installed is None:
             raise metadata.PackageNotFoundError(name)
-        return installed if name == "arviz" else metadata.version(name)
+        return installed if name == "arviz" else real_version(name)
 
-    monkeypatch.setattr(arviz_compat.metadata, "version", version)
+    monkeypatch.setattr(metadata, "version", version)
     with pytest.raises(SystemExit) as stop:
         main(["report", str(root), "--out", str(tmp_path / "out")])
     assert str(stop.value) == message
     assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--env", "Pendulum-v1", "--total-steps", "10", "--run-dir", str(tmp_path / "run")])
+    assert str(stop.value) == message
+    assert not (tmp_path / "run").exists()
 
 
 def test_training_imports_arviz_statistics_only():

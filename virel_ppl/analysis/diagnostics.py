@@ -29,6 +29,7 @@ the trainer logs at each evaluation.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ import torch
 from pyro.distributions import Distribution
 
 from virel_ppl.analysis import arviz_compat
+from virel_ppl.config import RunWarning
 from virel_ppl.inference.models import Prior, QFunction
 
 if TYPE_CHECKING:  # ArviZ is imported where it is used: `import virel_ppl.train` stays fast
@@ -510,6 +512,7 @@ def diagnose_run(
     )
     try:
         paths["idata"] = Path(arviz_compat.to_netcdf(post.idata, str(out / "action_posterior.nc")))
-    except (ImportError, ValueError):  # no h5netcdf/netCDF4: keep the plot and table
-        pass
+    except (ImportError, ValueError) as err:  # no netCDF backend: keep the plot and table, and say so
+        nc = out / "action_posterior.nc"
+        warnings.warn(f"{nc} not written ({err}): pip install h5netcdf h5py.", RunWarning, stacklevel=2)
     return post, paths
