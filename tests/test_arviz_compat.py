@@ -175,9 +175,10 @@ def test_report_and_diagnose_read_a_run_written_under_the_other_generation(tmp_p
     assert {"posterior", "target", "sample_stats", "constant_data", "psis"} <= set(arviz_compat.group_names(written))
     main(["report", str(run), "--out", str(tmp_path / "report"), "--n-boot", "100"])
     assert "Pendulum-v1 · sac_auto | 1 | 120 |" in (tmp_path / "report" / "report.md").read_text()
-    main(["diagnose", str(run), "--num-states", "2", "--num-samples", "48", "--states", "replay"])
+    diagnose = ["diagnose", str(run), "--num-states", "2", "--num-samples", "48", "--states", "replay"]
+    main([*diagnose, "--out", str(tmp_path / "here")])
     assert "k̂" in capsys.readouterr().out
-    here = arviz_compat.from_netcdf(str(run / "posterior" / "action_posterior.nc"))
+    here = arviz_compat.from_netcdf(str(tmp_path / "here" / "action_posterior.nc"))
     assert set(arviz_compat.group_names(here)) == set(arviz_compat.group_names(written))
     assert float(here.constant_data["eps"]) == float(written.constant_data["eps"])
 
