@@ -40,7 +40,7 @@ def main(args: DiagnoseArgs) -> None:
     idata = post.idata
     print(idata)  # posterior (guide), target, sample_stats (log weights), constant_data, psis
     print("\nguide π_θ:\n", az.summary(idata, kind="stats"))
-    print("\ntarget ∝ exp(Q/ε)·prior:\n", az.summary(idata["target"], kind="stats"))
+    print("\ntarget ∝ exp(Q/ε)·prior:\n", az.summary(idata, group="target", kind="stats"))
     print(f"\n{post.table()}\n")
     bad = post.diagnostics.khat >= KHAT_BAD
     print(

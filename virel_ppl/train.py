@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from pyro.infer.elbo import ELBO
 
+from virel_ppl.analysis.arviz_compat import arviz_version
 from virel_ppl.analysis.diagnostics import replay_states, training_diagnostics
 from virel_ppl.config import Config, ConfigError
 from virel_ppl.inference.actions import ActionBox
@@ -65,6 +66,7 @@ def train(
     in ``checkpoints.RESUMABLE`` (e.g. a larger ``total_steps``), anything else raises ``CheckpointError``. A new run
     refuses a ``run_dir`` that already holds a run unless ``overwrite`` (which removes that run's files first).
     """
+    arviz_version()  # a missing or too-old ArviZ is said now, not at the first evaluation minutes later
     config, state, ckpt_path = _run_config(config, resume, overrides, overwrite)
     trainer = Trainer(config, policy_factory=policy_factory, elbo=elbo)
     if state is not None:

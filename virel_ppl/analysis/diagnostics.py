@@ -9,7 +9,7 @@ Draw a_i ~ π_θ(·|s) and weight each draw by
     log w_i = Q_ω(s, a_i)/ε + log p(a_i|s) − log π_θ(a_i|s):
 
 the self-normalised weights w_i / Σ_j w_j are importance samples of the target. Pareto-smoothed importance
-sampling (PSIS, Vehtari et al. 2024; ``az.psislw``) fits a generalised Pareto distribution to the largest
+sampling (PSIS, Vehtari et al. 2024; ArviZ's ``psislw``) fits a generalised Pareto distribution to the largest
 weights; its shape k̂ says how heavy their tail is, i.e. how much of the target the guide misses:
 
     k̂ < 0.5       the guide covers the target (importance estimates converge quickly);
@@ -21,28 +21,30 @@ Alongside k̂: the importance-sampling effective sample size ESS = 1/Σ w̃_i² 
 weights, and KL(π_θ‖p(a|s,O)) ≈ log mean_i w_i − mean_i log w_i (the gap between log Z and the ELBO).
 
 :func:`action_posterior` packs guide draws and importance-resampled target draws into one
-``arviz.InferenceData`` (dims ``chain, draw, state, action_dim``); :func:`plot_action_posterior` draws their
-densities side by side; :func:`importance_diagnostics` is the cheap part the trainer logs at each evaluation.
+``arviz.InferenceData`` (an ``xarray.DataTree`` under ArviZ 1.x; dims ``chain, draw, state, action_dim``);
+:func:`plot_action_posterior` draws their densities side by side; :func:`importance_diagnostics` is the cheap part
+the trainer logs at each evaluation.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from pyro.distributions import Distribution
 
-from virel_ppl.analysis import import_arviz
+from virel_ppl.analysis import arviz_compat
+from virel_ppl.config import RunWarning
 from virel_ppl.inference.models import Prior, QFunction
 
-if TYPE_CHECKING:  # arviz is imported where it is used: `import virel_ppl.train` stays fast
-    import arviz as az
+if TYPE_CHECKING:  # ArviZ is imported where it is used: `import virel_ppl.train` stays fast
     import matplotlib.figure
 
     from virel_ppl.agent import VirelAgent
@@ -101,19 +103,18 @@ class BoltzmannTarget:
 def psis(log_weights: np.ndarray, atol: float | np.ndarray = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Pareto-smoothed importance sampling over the last axis: (normalised smoothed log weights, k̂).
 
-    A thin wrapper of ``az.psislw``. Log weights whose spread is at most ``atol`` (per leading index; e.g. the
-    float rounding error of computing them) are constant: they have no tail to fit (ArviZ would return k̂ = inf),
-    so they get k̂ = −inf (bounded weights have k < 0) and uniform weights.
+    A thin wrapper of ArviZ's ``psislw`` (:func:`arviz_compat.psislw`, either ArviZ generation). Log weights whose
+    spread is at most ``atol`` (per leading index; e.g. the float rounding error of computing them) are constant: they
+    have no tail to fit (ArviZ would return k̂ = inf), so they get k̂ = −inf (bounded weights have k < 0) and uniform
+    weights.
     """
-    az = import_arviz()
-
     lw = np.asarray(log_weights, dtype=np.float64)
     if not np.isfinite(lw).all():
         raise ValueError("log importance weights hold NaN/inf: check Q, ε and the guide's log-density.")
-    with np.errstate(over="ignore"):  # ArviZ's Pareto fit overflows harmlessly on very heavy tails
-        smoothed, khat = az.psislw(lw - lw.max(axis=-1, keepdims=True))
-    smoothed, khat = np.asarray(smoothed), np.atleast_1d(np.asarray(khat, dtype=np.float64)).reshape(lw.shape[:-1])
     flat = np.ptp(lw, axis=-1) <= atol
+    lw = np.where(flat[..., None], 0.0, lw - lw.max(axis=-1, keepdims=True))  # no tail to fit in constant ones
+    with np.errstate(over="ignore"):  # ArviZ's Pareto fit overflows harmlessly on very heavy tails
+        smoothed, khat = arviz_compat.psislw(lw)
     khat = np.where(flat, -np.inf, khat)
     smoothed = np.where(flat[..., None], -math.log(lw.shape[-1]), smoothed)
     return smoothed, khat
@@ -224,18 +225,17 @@ class ActionPosterior:
       (the mixture as proposal: how many effectively distinct draws the ``target`` group rests on).
     """
 
-    idata: az.InferenceData
+    idata: Any
+    """``arviz.InferenceData`` (ArviZ 0.x) or ``xarray.DataTree`` (1.x): read alike, see ``arviz_compat``."""
     diagnostics: ImportanceDiagnostics
     target_khat: np.ndarray
     target_ess: np.ndarray
 
     def table(self) -> str:
         """A Markdown table: per state and action dimension, guide vs target mean and HDI, plus k̂ and ESS."""
-        az = import_arviz()
-
         post, tgt = self.idata.posterior["a"], self.idata["target"]["a"]
         hdi_prob = 0.94
-        g_hdi, t_hdi = az.hdi(self.idata, hdi_prob=hdi_prob)["a"], az.hdi(self.idata["target"], hdi_prob=hdi_prob)["a"]
+        g_hdi, t_hdi = (_hdi_over_draws(x, hdi_prob) for x in (post, tgt))  # (state, action_dim, 2)
         g_mean, t_mean = post.mean(("chain", "draw")), tgt.mean(("chain", "draw"))
         d, n = self.diagnostics, self.diagnostics.num_samples
         lines = [
@@ -244,15 +244,20 @@ class ActionPosterior:
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for i, s in enumerate(post.coords["state"].values):
-            for j in post.coords["action_dim"].values:
-                gl, gh = g_hdi.sel(state=s, action_dim=j).values
-                tl, th = t_hdi.sel(state=s, action_dim=j).values
+            for jj, j in enumerate(post.coords["action_dim"].values):
+                (gl, gh), (tl, th) = g_hdi[i, jj], t_hdi[i, jj]
                 lines.append(
                     f"| {s} | {j} | {float(g_mean.sel(state=s, action_dim=j)):.3f} | [{gl:.3f}, {gh:.3f}] "
                     f"| {float(t_mean.sel(state=s, action_dim=j)):.3f} | [{tl:.3f}, {th:.3f}] "
                     f"| {d.khat[i]:.2f} | {d.ess[i]:.0f}/{n} | {d.kl[i]:.3f} | {self.target_ess[i]:.0f}/{2 * n} |"
                 )
         return "\n".join(lines)
+
+
+def _hdi_over_draws(draws, prob: float) -> np.ndarray:
+    """HDI of ``(chain, draw, state, action_dim)`` draws over chains and draws: ``(state, action_dim, 2)``."""
+    x = np.asarray(draws.values)
+    return arviz_compat.hdi(x.reshape(-1, *x.shape[2:]), prob)
 
 
 def _chains(x: np.ndarray, num_chains: int) -> np.ndarray:
@@ -281,7 +286,6 @@ def action_posterior(
         seed: makes the draws reproducible; torch's global RNG is left as it was.
         state_labels: coordinates of the ``state`` dim (default ``0..num_states-1``).
     """
-    az = import_arviz()
     import xarray as xr
 
     if num_samples % num_chains:
@@ -312,32 +316,33 @@ def action_posterior(
         "action_dim": list(range(actions.shape[-1])),
         "obs_dim": list(range(states.shape[-1])),
     }
-    dims = {k: ["state", "action_dim"] if k == "a" else ["state"] for k in ("a", *parts, "log_weight")}
+    action_coords = {k: coords[k] for k in ("state", "action_dim")}
+    action_dims = {"a": ["state", "action_dim"]}
     stats = {k: _chains(v.cpu().numpy(), num_chains) for k, v in parts.items()}
     stats["log_weight"] = _chains(log_w.cpu().numpy(), num_chains)
-    idata = az.from_dict(
-        posterior={"a": _chains(actions.cpu().numpy(), num_chains)},
-        sample_stats=stats,
-        constant_data={"obs": states.cpu().numpy()},
-        coords=coords,
-        dims={**dims, "obs": ["state", "obs_dim"]},
-    )
-    target_ds = az.convert_to_dataset(
-        {"a": _chains(target_draws, num_chains)}, coords=coords, dims={"a": ["state", "action_dim"]}
-    )
-    psis_ds = xr.Dataset(
-        {
-            "khat": ("state", diag.khat),
-            "ess": ("state", diag.ess),
-            "kl": ("state", diag.kl),
-            "target_khat": ("state", target_khat),
-            "target_ess": ("state", target_ess),
-        },
-        coords={"state": coords["state"]},
-        attrs={"num_samples": n},
-    )
-    idata.constant_data["eps"] = xr.DataArray(float(target.eps))
-    idata.add_groups({"target": target_ds, "psis": psis_ds})
+    groups = {
+        "posterior": arviz_compat.dataset(
+            {"a": _chains(actions.cpu().numpy(), num_chains)}, action_coords, action_dims
+        ),
+        "target": arviz_compat.dataset({"a": _chains(target_draws, num_chains)}, action_coords, action_dims),
+        "sample_stats": arviz_compat.dataset(stats, {"state": coords["state"]}, {k: ["state"] for k in stats}),
+        "constant_data": xr.Dataset(
+            {"obs": (("state", "obs_dim"), states.cpu().numpy()), "eps": float(target.eps)},
+            coords={k: coords[k] for k in ("state", "obs_dim")},
+        ),
+        "psis": xr.Dataset(
+            {
+                "khat": ("state", diag.khat),
+                "ess": ("state", diag.ess),
+                "kl": ("state", diag.kl),
+                "target_khat": ("state", target_khat),
+                "target_ess": ("state", target_ess),
+            },
+            coords={"state": coords["state"]},
+            attrs={"num_samples": n},
+        ),
+    }
+    idata = arviz_compat.inference_data(groups)
     return ActionPosterior(idata, diag, target_khat, target_ess)
 
 
@@ -353,11 +358,11 @@ def agent_action_posterior(
 
 
 def plot_action_posterior(post: ActionPosterior, path: Path | str | None = None) -> matplotlib.figure.Figure:
-    """Density of each action dimension at each state: guide π_θ vs the Boltzmann target (``az.plot_density``).
+    """Density of each action dimension at each state: guide π_θ vs the Boltzmann target (ArviZ's KDE with Scott's
+    bandwidth, drawn with matplotlib: the same figure under ArviZ 0.x and 1.x, without importing ArviZ's plotting).
 
     One panel per (state, action dim), titled with the state's k̂ and ESS; saved to ``path`` when given.
     """
-    az = import_arviz()
     import matplotlib
 
     matplotlib.use("Agg")
@@ -368,26 +373,21 @@ def plot_action_posterior(post: ActionPosterior, path: Path | str | None = None)
     fig, axes = plt.subplots(
         len(states), len(dims), figsize=(max(6.0, 3.6 * len(dims)), 2.3 * len(states)), squeeze=False
     )
-    az.plot_density(
-        [idata.posterior, idata["target"]],
-        data_labels=["guide π_θ", "target ∝ exp(Q/ε)·p(a|s)"],
-        var_names=["a"],
-        hdi_prob=1.0,
-        shade=0.15,
-        bw="scott",  # smooth: resampled target draws repeat, which makes adaptive bandwidths spiky
-        ax=axes,
-    )
-    handles, labels = axes[0, 0].get_legend_handles_labels()
+    sources = {"guide π_θ": idata.posterior["a"], "target ∝ exp(Q/ε)·p(a|s)": idata["target"]["a"]}
     for i, s in enumerate(states):
         for j, a in enumerate(dims):
             ax = axes[i, j]
+            for k, (label, draws) in enumerate(sources.items()):
+                # Scott's bandwidth: resampled target draws repeat, which makes adaptive bandwidths spiky
+                grid, pdf = arviz_compat.kde(draws.sel(state=s, action_dim=a).values)
+                ax.plot(grid, pdf, color=f"C{k}", lw=1.5, label=label)
+                ax.fill_between(grid, pdf, color=f"C{k}", alpha=0.15)
             ax.set_title(
                 f"state {s}, action {a}: k̂ = {d.khat[i]:.2f}, ESS = {d.ess[i]:.0f}/{d.num_samples}", fontsize=9
             )
             ax.tick_params(labelsize=8)
             ax.set_yticks([])
-            if ax.get_legend() is not None:
-                ax.get_legend().remove()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=2, fontsize=9, frameon=False, bbox_to_anchor=(0.5, 0.965))
     eps = float(idata.constant_data["eps"])
     fig.suptitle(f"Action posterior at {len(states)} states: guide vs target (ε = {eps:.3g})", fontsize=11)
@@ -511,7 +511,8 @@ def diagnose_run(
         f"{num_samples} draws each (guide and target).\n\n{post.table()}\n"
     )
     try:
-        paths["idata"] = Path(post.idata.to_netcdf(str(out / "action_posterior.nc"), engine="h5netcdf"))
-    except (ImportError, ValueError):  # no h5netcdf/netCDF4: keep the plot and table
-        pass
+        paths["idata"] = Path(arviz_compat.to_netcdf(post.idata, str(out / "action_posterior.nc")))
+    except (ImportError, ValueError) as err:  # no netCDF backend: keep the plot and table, and say so
+        nc = out / "action_posterior.nc"
+        warnings.warn(f"{nc} not written ({err}): pip install h5netcdf h5py.", RunWarning, stacklevel=2)
     return post, paths

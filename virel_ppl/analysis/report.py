@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from virel_ppl.analysis import import_arviz
+from virel_ppl.analysis import arviz_compat
 from virel_ppl.config import ConfigError, RunWarning
 from virel_ppl.runtime.logger import read_csv
 
@@ -179,12 +179,11 @@ def _common(runs: Sequence[Run], table: str, column: str) -> tuple[np.ndarray, n
 
 
 def hdi_over_seeds(values: np.ndarray, hdi_prob: float) -> np.ndarray:
-    """``az.hdi`` across the first axis (seeds) at each column (step): ``(seeds, T)`` → ``(T, 2)``."""
+    """ArviZ's HDI across the first axis (seeds) at each column (step): ``(seeds, T)`` → ``(T, 2)``."""
     if values.shape[0] == 1:  # one seed: the band collapses to the curve
         return np.stack([values[0], values[0]], axis=-1)
-    az = import_arviz()  # here, not at import: `import virel_ppl.report` should not cost ArviZ's import (seconds)
-
-    return np.asarray(az.hdi(values[None], hdi_prob=hdi_prob)).reshape(values.shape[1], 2)
+    # ArviZ is imported here, not at import: `import virel_ppl.report` should not cost its import (seconds)
+    return arviz_compat.hdi(values, hdi_prob)
 
 
 def learning_curves(groups: dict[str, list[Run]], hdi_prob: float = 0.94) -> list[Curve]:
@@ -297,26 +296,22 @@ def improvement_table(
 def final_return_table(curves: Sequence[Curve], ci: float = 0.95, n_boot: int = 2000, seed: int = 0) -> list[dict]:
     """One row per group: distinct seeds, runs, final step, ``az.summary`` stats (mean, sd, HDI) of the final
     returns, median, IQM and its bootstrap CI."""
-    az = import_arviz()
-
     rows = []
     for c in curves:
         with warnings.catch_warnings():
             if len(c.final) == 1:  # one seed: no spread to estimate; numpy would warn about ddof
                 warnings.simplefilter("ignore", RuntimeWarning)
-            summary = az.summary({"final_return": c.final[None, :]}, kind="stats", hdi_prob=c.hdi_prob, round_to="none")
-        stats = summary.loc["final_return"]
-        lo_col, hi_col = (col for col in summary.columns if col.startswith("hdi_"))
-        sd = float(stats["sd"]) if len(c.final) > 1 else 0.0
+            stats = arviz_compat.summary_stats(c.final, c.hdi_prob)
+        sd = stats["sd"] if len(c.final) > 1 else 0.0
         rows.append(
             {
                 "group": c.label,
                 "seeds": len({json.dumps(r.seed) for r in c.runs}),
                 "runs": len(c.runs),
                 "step": int(c.steps[-1]),
-                "mean": float(stats["mean"]),
+                "mean": stats["mean"],
                 "sd": sd,
-                "hdi": (float(stats[lo_col]), float(stats[hi_col])),
+                "hdi": stats["hdi"],
                 "median": float(np.median(c.final)),
                 "iqm": iqm(c.final),
                 "iqm_ci": bootstrap_ci(c.final, iqm, ci, n_boot, seed),
