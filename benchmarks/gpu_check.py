@@ -62,7 +62,8 @@ class Step:
         lines = [line.strip() for line in out.splitlines()]
         found = [line for pattern in self.pick for line in lines if re.search(pattern, line)]
         status = "ok" if done.returncode == 0 else f"FAIL ({done.returncode})"
-        return status, took, "; ".join(found[-4:]) or (lines[-1] if lines else "")
+        said = "; ".join(found[-4:]) or (lines[-1] if lines else "")
+        return status, took, " ".join(said.replace("|", " ").split())  # a table row of its own output, flattened
 
 
 def _text(out: bytes | str | None) -> str:
