@@ -189,8 +189,8 @@ def test_report_and_diagnose_read_a_run_written_under_the_other_generation(tmp_p
 @pytest.mark.parametrize(
     ("installed", "message"),
     [
-        (None, "error: ArviZ is not installed: pip install 'arviz>=0.17'."),
-        ("0.16.1", "error: ArviZ 0.16.1 is too old: pip install 'arviz>=0.17'."),
+        (None, "error: ArviZ is not installed: pip install 'arviz>=0.18'."),
+        ("0.17.1", "error: ArviZ 0.17.1 is too old: pip install 'arviz>=0.18'."),
     ],
 )
 def test_a_missing_or_old_arviz_is_one_line_naming_the_version_to_install(installed, message, monkeypatch, tmp_path):

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import xarray as xr
 
 #: The oldest ArviZ this package is written against (``pyproject.toml`` says the same).
-MIN_ARVIZ = (0, 17)
+MIN_ARVIZ = (0, 18)  # 0.17 does not import with SciPy >= 1.13
 
 
 class ArviZError(ConfigError):
