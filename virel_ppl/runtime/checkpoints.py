@@ -255,7 +255,7 @@ def checkpoint_step(run_dir: Path | str) -> int | None:
     or None when it has no readable one. Read without loading the tensors (memory-mapped), so it is cheap."""
     for path in (Path(run_dir) / CHECKPOINT, Path(run_dir) / PREVIOUS):
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+            state = torch.load(str(path), map_location="cpu", weights_only=False, mmap=True)  # torch < 2.2: a str
             return int(state["step"])
         except Exception:  # missing, truncated or foreign: try the previous one
             continue
