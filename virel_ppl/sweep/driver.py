@@ -11,7 +11,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import tyro
 
@@ -56,7 +56,8 @@ class SweepOptions:
     --no-tune-checkpoints keeps checkpoints in the run directories only."""
     storage: str | None = None
     """Tune's storage (a shared path or s3://... on a cluster); None: ROOT."""
-    resume: tyro.conf.Suppress[bool | Literal["auto"]] = False
+    # named apart from the command line's own --resume: tyro < 0.9 still registers a suppressed field's flag
+    resume: tyro.conf.Suppress[Annotated[bool | Literal["auto"], tyro.conf.arg(name="resume-mode")]] = False
     """True: continue the sweep saved in ``root`` (finished trials are not rerun); "auto": continue it when there is
     one; False: refuse a root that holds a sweep. (The command line's --resume is True.)"""
     checkpoint_every: tyro.conf.Suppress[int | None] = None
