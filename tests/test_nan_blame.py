@@ -6,20 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import TINY_ARGS
+from test_errors import cli_error
 
-from virel_ppl.cli import main
 from virel_ppl.config import ConfigError
 from virel_ppl.runtime.nan_policy import check_action, check_updates, check_variant, diverged_parts
 
 NAN = float("nan")
-
-
-def cli_error(argv: list[str]) -> str:
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    message = info.value.code
-    assert isinstance(message, str) and message.startswith("error: ") and "\n" not in message, message
-    return message
 
 
 def test_a_runaway_temperature_is_blamed_on_alpha_at_the_first_update(tmp_path):
