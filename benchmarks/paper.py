@@ -24,13 +24,14 @@ old one lost), the trials already finished in ``--results`` are left out and onl
 uses the mode action, ``--eval-episodes`` episodes on the same seeds at the same steps, for all learners.
 
 As each trial finishes, its ``config.json``, ``eval.csv``, ``train.csv``, ``timing.csv`` (Tune's wall clock at each
-evaluation) and ``commits.json`` (the commit of each driver that ran part of it, with the step it started from) are
-copied to ``--results`` (default ``benchmarks/results/paper/<trial>/``); a trial that failed is copied with its
-``error.txt`` and shows in the table as diverged (with the step) or failed, never as a number; the run directory of a
-finished trial keeps its latest checkpoint only. ``--table`` prints the Markdown table (return at 25k, 50k and the
-budget, or at ``--marks``: mean ± sd and IQM with a 95 % bootstrap CI over seeds; env steps/s; ahead, on par or behind
-SAC), the training signals behind it (ε, TD-MSE, H(π) and mean Q from ``train.csv`` near the same steps) and writes
-the curves (``virel_ppl report``) beside the results.
+evaluation, every run of the trial: a resumed sweep keeps the earlier ones, see ``virel_ppl.sweep.keep_progress``) and
+``commits.json`` (the commit of each driver that ran part of it, with the step it started from) are copied to
+``--results`` (default ``benchmarks/results/paper/<trial>/``); a trial that failed is copied with its ``error.txt``
+and shows in the table as diverged (with the step) or failed, never as a number; the run directory of a finished trial
+keeps its latest checkpoint only. ``--table`` prints the Markdown table (return at 25k, 50k and the budget, or at
+``--marks``: mean ± sd and IQM with a 95 % bootstrap CI over seeds; env steps/s; ahead, on par or behind SAC), the
+training signals behind it (ε, TD-MSE, H(π) and mean Q from ``train.csv`` near the same steps) and writes the curves
+(``virel_ppl report``) beside the results.
 
 A named study (``--study``) is a set of these settings under a name: ``humanoid`` is ``--tasks Humanoid-v5 --budget
 500000 --eval-every 10000 --algos beta sb3_sac --then virel --root runs/paper-humanoid --marks 100000 250000 500000``
@@ -234,14 +235,14 @@ def record_commits(root: Path, trials, commit: str) -> None:
     path.write_text(json.dumps(seen, indent=1))
 
 
-def _timing(progress_csv: Path) -> list[tuple[int, float]]:
-    import csv
+def _timing(trial_dir: Path) -> list[tuple[int, float, int]]:
+    """(step, time_since_restore, iterations_since_restore) of each report in a trial's Tune directory, every run of
+    the trial in order (Tune's two clocks restart with each run)."""
+    from virel_ppl.sweep import progress_rows
 
-    if not progress_csv.exists():
-        return []
-    with open(progress_csv, newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r.get("step") and r.get("time_total_s")]
-    return [(int(float(r["step"])), float(r["time_total_s"])) for r in rows]
+    keys = ("step", "time_since_restore", "iterations_since_restore")
+    rows = [r for r in progress_rows(trial_dir) if all(r.get(k) for k in keys)]
+    return [(int(float(r["step"])), float(r["time_since_restore"]), int(r["iterations_since_restore"])) for r in rows]
 
 
 def collect(root: Path, results: Path, trials) -> list[str]:
@@ -269,8 +270,9 @@ def collect(root: Path, results: Path, trials) -> list[str]:
             (run / PREVIOUS).unlink(missing_ok=True)  # a fallback for a resume, which a finished trial has no use for
         else:
             shutil.copy2(error, out / "error.txt")
-        timing = _timing(root / "tune" / t.name / "progress.csv")
-        (out / "timing.csv").write_text("step,time_total_s\n" + "".join(f"{s},{w:.2f}\n" for s, w in timing))
+        timing = _timing(root / "tune" / t.name)
+        head = "step,time_since_restore,iterations_since_restore\n"
+        (out / "timing.csv").write_text(head + "".join(f"{s},{w:.2f},{i}\n" for s, w, i in timing))
         (out / "commits.json").write_text(json.dumps(commits.get(t.name, []), indent=1))
         new.append(t.name)
     return new
@@ -352,13 +354,26 @@ def _stopped(out: Path) -> str:
 
 
 def _steps_per_s(out: Path) -> float | None:
-    """Env steps per second of wall clock between the evaluations after the warm-up (Tune's clock; segments of a
-    resumed trial that its clock does not cover are skipped)."""
+    """Env steps per second of wall clock between consecutive evaluations after the warm-up, within each run of the
+    trial (Tune's clock; the span across a stop and its resume is left out, as is each run's start-up)."""
+    from virel_ppl.runtime.logger import read_csv
+
     if not (out / "timing.csv").exists():
         return None
     warmup = json.loads((out / "config.json").read_text()).get("warmup_steps", 0)
-    pairs = [tuple(map(float, ln.split(","))) for ln in (out / "timing.csv").read_text().splitlines()[1:]]
-    spans = [(s1 - s0, w1 - w0) for (s0, w0), (s1, w1) in zip(pairs, pairs[1:]) if s0 >= warmup and w1 > w0 > 0]
+    t = read_csv(out / "timing.csv")
+    steps = t.get("step", [])
+    if "iterations_since_restore" in t:  # a span is two reports of one run: the second the next iteration
+        clock, run = t["time_since_restore"], t["iterations_since_restore"]
+        same_run = [b == a + 1 for a, b in zip(run, run[1:])]
+    else:  # the older layout, Tune's time_total_s (it restarts from 0 with a run)
+        clock = t.get("time_total_s", [])
+        same_run = [w1 > w0 > 0 for w0, w1 in zip(clock, clock[1:])]
+    spans = [
+        (s1 - s0, w1 - w0)
+        for (s0, s1, w0, w1, same) in zip(steps, steps[1:], clock, clock[1:], same_run)
+        if same and s0 >= warmup and w1 > w0
+    ]
     return sum(s for s, _ in spans) / sum(w for _, w in spans) if spans else None
 
 

@@ -474,3 +474,46 @@ def test_a_finished_trial_keeps_only_its_latest_checkpoint(tmp_path):
     (run / "checkpoint.prev.pt").write_bytes(b"previous")
     assert paper.collect(root, results, [trial]) == [trial.name]
     assert (run / "checkpoint.pt").exists() and not (run / "checkpoint.prev.pt").exists()
+
+
+def _progress(path: Path, rows: list[tuple[int, float, int]]) -> None:
+    """A Tune progress.csv: (step, time_since_restore, iterations_since_restore) per report, with a time_total_s."""
+    lines = [f"{s},{w},{i},{w},{1000 + s}" for s, w, i in rows]
+    head = "step,time_since_restore,iterations_since_restore,time_total_s,timestamp\n"
+    path.write_text(head + "\n".join(lines) + "\n")
+
+
+def test_a_trial_run_by_three_drivers_keeps_the_wall_clock_of_each(tmp_path):
+    """Tune restarts progress.csv when a resumed sweep restarts a trial; the collected timing.csv holds the reports of
+    every driver, oldest first, and steps/s counts only the spans within one run (not a run's start-up, nor the gap
+    between runs): 10k steps in 500 s in the first, none in the second (one report), 10k in 250 s in the third."""
+    from virel_ppl.sweep import keep_progress
+
+    root, results = tmp_path / "root", tmp_path / "results"
+    trial = paper.plan_trials(args(tasks=["Hopper-v5"], algos=["beta"], then=[], seeds=[0], budget=40_000))[0]
+    tune_dir = root / "tune" / trial.name
+    tune_dir.mkdir(parents=True)
+    _progress(tune_dir / "progress.csv", [(10_000, 100.0, 1), (20_000, 600.0, 2)])  # the first driver
+    assert [p.name for p in keep_progress(root / "tune")] == ["progress.1.csv"]
+    _progress(tune_dir / "progress.csv", [(30_000, 900.0, 1)])  # the second: one report, then stopped
+    assert [p.name for p in keep_progress(root / "tune")] == ["progress.2.csv"]
+    assert keep_progress(root / "tune") == []  # a driver that stopped before the trial started keeps nothing new
+    _progress(tune_dir / "progress.csv", [(30_000, 40.0, 1), (40_000, 290.0, 2)])  # the third, from 20k again
+    run = root / trial.name
+    run.mkdir(parents=True)
+    (run / "eval.csv").write_text("step,return_mean,return_std\n" + "".join(f"{s}0000,1,0\n" for s in range(1, 5)))
+    (run / "config.json").write_text(json.dumps({"env": "Hopper-v5", "algo": "beta", "warmup_steps": 5000}))
+    assert paper.collect(root, results, [trial]) == [trial.name]
+    timing = read_csv(results / trial.name / "timing.csv")
+    assert timing["step"] == [10_000, 20_000, 30_000, 30_000, 40_000]
+    assert timing["iterations_since_restore"] == [1, 2, 1, 1, 2]
+    assert paper._steps_per_s(results / trial.name) == pytest.approx(20_000 / 750)
+
+
+def test_steps_per_s_of_the_older_timing_layout_skips_where_the_clock_restarted(tmp_path):
+    """timing.csv from before the runs were told apart: Tune's time_total_s, which restarts at a resume."""
+    out = tmp_path / "trial"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"warmup_steps": 0}))
+    (out / "timing.csv").write_text("step,time_total_s\n10000,100\n20000,300\n30000,50\n40000,150\n")
+    assert paper._steps_per_s(out) == pytest.approx(20_000 / 300)

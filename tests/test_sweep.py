@@ -26,7 +26,7 @@ import torch
 from virel_ppl.cli import SweepArgs, main
 from virel_ppl.config import Config
 from virel_ppl.runtime.logger import read_csv
-from virel_ppl.sweep import make_scheduler, parse_set, plan, sweep
+from virel_ppl.sweep import keep_progress, make_scheduler, parse_set, plan, progress_rows, sweep
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 600
@@ -475,3 +475,71 @@ def test_a_sweep_killed_and_stopped_at_random_points_resumes_to_what_an_uninterr
     assert stop_status == (130 if stopped else 0), (note, out[-3000:])  # Ctrl-C is a stop (as train's), not an error
     for noise in ("Traceback", "Exception ignored", "ActorDiedError"):  # Ray's shutdown noise, on a sweep that worked
         assert noise not in done.stderr, done.stderr[-3000:]
+
+
+# --- Tune's reports across drivers ----------------------------------------------------------------------------------
+
+
+def test_each_drivers_reports_are_kept_once_and_read_back_once(tmp_path):
+    trial = tmp_path / "tune" / "Pendulum-v1__virel__0"
+    trial.mkdir(parents=True)
+    head = "step,time_since_restore,iterations_since_restore\n"
+    (trial / "progress.csv").write_text(head)  # a trial that has reported nothing
+    assert keep_progress(tmp_path / "tune") == []
+    (trial / "progress.csv").write_text(head + "200,5.0,1\n400,9.0,2\n")
+    assert keep_progress(tmp_path / "tune") == [trial / "progress.1.csv"]
+    assert keep_progress(tmp_path / "tune") == []  # kept already
+    # a file Tune continued (a trial restored from a Tune checkpoint) repeats the kept rows: each is read once
+    (trial / "progress.csv").write_text(head + "200,5.0,1\n400,9.0,2\n600,3.0,1\n")
+    assert keep_progress(tmp_path / "tune") == [trial / "progress.2.csv"]
+    (trial / "progress.old.csv").write_text(head + "999,1.0,1\n")  # not a kept copy
+    rows = progress_rows(trial)
+    assert [(r["step"], r["iterations_since_restore"]) for r in rows] == [("200", "1"), ("400", "2"), ("600", "1")]
+
+
+def _steps(path: Path) -> list[int]:
+    with open(path, newline="") as fh:
+        return [int(float(r["step"])) for r in csv.DictReader(fh)]
+
+
+def _session(sid: int) -> list[int]:
+    """The processes of session ``sid``: a driver started in a session of its own, with the Ray it started."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and os.getsid(int(proc.name)) == sid:
+                pids.append(int(proc.name))
+        except OSError:  # gone
+            continue
+    return pids
+
+
+def test_a_sweep_killed_and_resumed_keeps_the_reports_of_the_driver_before(tmp_path):
+    """Every process of a sweep killed at once (its driver, the Ray it started and the trial's worker), then the same
+    command with --resume and no Tune checkpoints, as the study runs: Tune starts the trial's progress.csv afresh, and
+    the first driver's reports survive as progress.1.csv, read back before the second driver's."""
+    root, steps = tmp_path / "root", 1400  # room for the kill to land mid-run: Tune writes progress.csv late
+    cli = [*CLI_BASE]
+    cli[cli.index("--total-steps") + 1] = str(steps)
+    argv = [sys.executable, "-m", "virel_ppl.cli", "sweep", *cli, "--algos", "virel", "--seeds", "4"]
+    argv += ["--root", str(root), "--max-concurrent", "1", "--no-tune-checkpoints"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    tune_dir = root / "tune" / "Pendulum-v1__virel__4"
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 900  # a guard against a hang, not a timed assertion
+    while proc.poll() is None and time.monotonic() < deadline and len(_logged_steps(tune_dir / "progress.csv")) < 2:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[0][-3000:]
+    for pid in _session(proc.pid):
+        os.kill(pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    before = _steps(tune_dir / "progress.csv")
+    assert before[:2] == [200, 400] and before[-1] < steps
+
+    done = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    after = _steps(tune_dir / "progress.csv")
+    assert after[-1] == steps and not set(before) & set(after)  # Tune kept none of the first driver's rows
+    assert _steps(tune_dir / "progress.1.csv") == before
+    assert [int(float(r["step"])) for r in progress_rows(tune_dir)] == before + after

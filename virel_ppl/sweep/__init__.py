@@ -16,6 +16,11 @@ the replay buffer: ~170 bytes per stored step on HalfCheetah) per checkpoint in 
 the latest only. ``tune_checkpoints=False`` skips the copies: a restarted trial then resumes from the
 ``checkpoint.pt`` in its run directory, which must be on a filesystem the machines share.
 
+Tune's reports. Tune logs each trial's reports (with their wall clock) in ``ROOT/tune/<trial>/progress.csv``, and
+starts that file afresh when a sweep resumes after all its processes stopped and a trial handed Tune no checkpoint;
+the sweep first keeps the earlier rows as ``progress.1.csv``, ``progress.2.csv``, ... (:func:`keep_progress`), and
+:func:`progress_rows` reads every report back in order.
+
 The parts, by job: ``grid`` (values from text, the trials of a grid), ``trainable`` (one trial on a Ray worker),
 ``driver`` (the options, Ray, the root's lock and resume, the report), ``ray_noise`` (Ray's output that is not
 the sweep's). Ray is imported only when a sweep runs.
@@ -24,10 +29,13 @@ the sweep's). Ray is imported only when a sweep runs.
 from virel_ppl.sweep.driver import (
     EXPERIMENT,
     LOCK_FILE,
+    PROGRESS_FILE,
     SWEEP_FILE,
     SweepOptions,
     SweepResult,
+    keep_progress,
     make_scheduler,
+    progress_rows,
     report_table,
     start_ray,
     sweep,
@@ -39,6 +47,7 @@ __all__ = [
     "EXPERIMENT",
     "LOCK_FILE",
     "NAMED_AXES",
+    "PROGRESS_FILE",
     "RESERVED",
     "STAT_PREFIXES",
     "SWEEP_FILE",
@@ -46,10 +55,12 @@ __all__ = [
     "SweepOptions",
     "SweepResult",
     "Trial",
+    "keep_progress",
     "make_scheduler",
     "parse_set",
     "parse_value",
     "plan",
+    "progress_rows",
     "report_table",
     "start_ray",
     "sweep",

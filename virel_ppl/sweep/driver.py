@@ -4,9 +4,11 @@ trials run by Tune, their run directories fetched and the report written."""
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import os
+import shutil
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -25,6 +27,8 @@ if TYPE_CHECKING:  # annotations only: the driver imports no trainer
 
 SWEEP_FILE = "sweep.json"
 EXPERIMENT = "tune"
+#: Tune's log of a trial's reports (ROOT/tune/<trial>/progress.csv): each evaluation's metrics and wall clock.
+PROGRESS_FILE = "progress.csv"
 
 
 @dataclass
@@ -266,6 +270,50 @@ def unfinished(experiment: str, results) -> int:
         return sum(res.error is None and not (res.metrics or {}).get("finished") for res in results)
 
 
+def _kept_progress(trial_dir: Path) -> list[Path]:
+    """The kept copies ``progress.1.csv``, ``progress.2.csv``, ... of a trial's Tune directory, oldest first."""
+    kept = [p for p in trial_dir.glob("progress.*.csv") if p.name.split(".")[1].isdigit()]
+    return sorted(kept, key=lambda p: int(p.name.split(".")[1]))
+
+
+def keep_progress(experiment: Path) -> list[Path]:
+    """Copy each trial's ``progress.csv`` in the Tune experiment ``experiment`` to ``progress.N.csv`` beside it (N =
+    1, 2, ...), before a resumed sweep restarts its trials; returns the copies made.
+
+    When a sweep whose processes were all stopped resumes (a new Ray), Tune starts afresh the ``progress.csv`` of
+    each trial that handed it no checkpoint (``tune_checkpoints=False``; seen with Ray 2.60): the rows of the earlier
+    drivers, with the wall clock of each evaluation, would be lost. A file without rows, or one already kept, is not
+    copied again. :func:`progress_rows` reads them all back."""
+    copies = []
+    for progress in sorted(experiment.glob(f"*/{PROGRESS_FILE}")):
+        text = progress.read_text()
+        kept = _kept_progress(progress.parent)
+        if len(text.splitlines()) < 2 or any(p.read_text() == text for p in kept):
+            continue
+        copy = progress.with_name(f"progress.{len(kept) + 1}.csv")
+        shutil.copy2(progress, copy)
+        copies.append(copy)
+    return copies
+
+
+def progress_rows(trial_dir: Path) -> list[dict[str, str]]:
+    """Every report of a trial, oldest first: the rows of its kept ``progress.N.csv`` files (see
+    :func:`keep_progress`) and of ``progress.csv``, each row once (a file Tune continued repeats the earlier rows).
+    Tune's ``iterations_since_restore`` and ``time_since_restore`` count within one run of the trial."""
+    rows: list[dict[str, str]] = []
+    seen: set[tuple] = set()
+    for path in [*_kept_progress(trial_dir), trial_dir / PROGRESS_FILE]:
+        if not path.exists():
+            continue
+        with open(path, newline="") as fh:
+            for row in csv.DictReader(fh):
+                key = tuple(sorted(row.items()))
+                if key not in seen:
+                    seen.add(key)
+                    rows.append(row)
+    return rows
+
+
 def report_table(report_md: Path) -> str:
     """The final-return table of a report (the ``## Final evaluation return`` section of report.md)."""
     lines = report_md.read_text().splitlines()
@@ -349,6 +397,8 @@ def make_tuner(
         ),
         {"cpu": max(t.config.threads or 1 for t in trials), "gpu": o.gpus_per_trial},
     )
+    if o.resume is not False and "://" not in experiment and Path(experiment).is_dir():
+        keep_progress(Path(experiment))  # Tune's storage on this machine: the reports a restart would drop
     if o.resume is not False and tune.Tuner.can_restore(experiment):
         return tune.Tuner.restore(experiment, run_trial, resume_unfinished=True, resume_errored=True)
     budget = max(t.config.total_steps for t in trials)
