@@ -490,7 +490,7 @@ def test_a_trial_run_by_three_drivers_keeps_the_wall_clock_of_each(tmp_path):
     from virel_ppl.sweep import keep_progress
 
     root, results = tmp_path / "root", tmp_path / "results"
-    trial = paper.plan_trials(args(tasks=["Hopper-v5"], algos=["beta"], then=[], seeds=[0], budget=40_000))[0]
+    trial = paper.plan_trials(args(tasks=["Hopper-v5"], algos=["beta"], then=[], seeds=[0], budget=50_000))[0]
     tune_dir = root / "tune" / trial.name
     tune_dir.mkdir(parents=True)
     _progress(tune_dir / "progress.csv", [(10_000, 100.0, 1), (20_000, 600.0, 2)])  # the first driver
@@ -498,14 +498,14 @@ def test_a_trial_run_by_three_drivers_keeps_the_wall_clock_of_each(tmp_path):
     _progress(tune_dir / "progress.csv", [(30_000, 900.0, 1)])  # the second: one report, then stopped
     assert [p.name for p in keep_progress(root / "tune")] == ["progress.2.csv"]
     assert keep_progress(root / "tune") == []  # a driver that stopped before the trial started keeps nothing new
-    _progress(tune_dir / "progress.csv", [(30_000, 40.0, 1), (40_000, 290.0, 2)])  # the third, from 20k again
+    _progress(tune_dir / "progress.csv", [(40_000, 40.0, 1), (50_000, 290.0, 2)])  # the third, from 30k
     run = root / trial.name
     run.mkdir(parents=True)
-    (run / "eval.csv").write_text("step,return_mean,return_std\n" + "".join(f"{s}0000,1,0\n" for s in range(1, 5)))
+    (run / "eval.csv").write_text("step,return_mean,return_std\n" + "".join(f"{s}0000,1,0\n" for s in range(1, 6)))
     (run / "config.json").write_text(json.dumps({"env": "Hopper-v5", "algo": "beta", "warmup_steps": 5000}))
     assert paper.collect(root, results, [trial]) == [trial.name]
     timing = read_csv(results / trial.name / "timing.csv")
-    assert timing["step"] == [10_000, 20_000, 30_000, 30_000, 40_000]
+    assert timing["step"] == [10_000, 20_000, 30_000, 40_000, 50_000]
     assert timing["iterations_since_restore"] == [1, 2, 1, 1, 2]
     assert paper._steps_per_s(results / trial.name) == pytest.approx(20_000 / 750)
 
