@@ -440,9 +440,9 @@ SB3_SIGNALS = {"eps": "sac/alpha", "critic/td_mse": "critic/q_loss"}  # what SB3
 def signals(results: Path, tasks, algos, budget: int, window: int = 5_000, marks=None) -> str:
     """What the learners' train.csv says near 25k, 50k and the budget: each value the mean of the rows logged in the
     ``window`` steps up to the mark, then the mean over the finished seeds. Ours on their scaled rewards; SB3's SAC
-    logs its temperature α (in the ε column; 1/α is its reward scale) and its critic loss (the same twin mean of
-    E[δ²] as our TD-MSE, on unscaled rewards). "–": not logged (older runs did not log H(π)); "(1 of 2
-    seeds)": only so many of the row's seeds logged it."""
+    logs its temperature α (in the ε column; 1/α is its reward scale), its critic loss (the same twin mean of
+    E[δ²] as our TD-MSE, on unscaled rewards) and H(π) on the same action box as ours. "–": not logged (older runs
+    did not log H(π)); "(1 of 2 seeds)": only so many of the row's seeds logged it."""
     from virel_ppl.runtime.logger import read_csv
 
     marks = sorted(set(marks or default_marks(budget)))

@@ -517,3 +517,45 @@ def test_steps_per_s_of_the_older_timing_layout_skips_where_the_clock_restarted(
     (out / "config.json").write_text(json.dumps({"warmup_steps": 0}))
     (out / "timing.csv").write_text("step,time_total_s\n10000,100\n20000,300\n30000,50\n40000,150\n")
     assert paper._steps_per_s(out) == pytest.approx(20_000 / 300)
+
+
+def test_the_entropy_read_off_alphas_loss_by_hand():
+    """α = 0.5, target −1, H on [−1, 1] of 2.5: SB3's α-loss is −log 0.5 · (−2.5 − 1) = −2.4260; Pendulum's box
+    [−2, 2] adds log 2, so H = 3.1931. α = 1 (log α = 0) and a fixed α (no α-loss) tell nothing."""
+    from gymnasium.spaces import Box
+
+    from virel_ppl.baselines import sac_entropy
+
+    model = argparse.Namespace(action_space=Box(-2.0, 2.0, (1,)), target_entropy=-1.0)
+    loss = -np.log(0.5) * (-2.5 - 1.0)
+    assert sac_entropy({"train/ent_coef": 0.5, "train/ent_coef_loss": loss}, model) == pytest.approx(3.1931, abs=1e-4)
+    assert sac_entropy({"train/ent_coef": 1.0, "train/ent_coef_loss": 0.0}, model) is None
+    assert sac_entropy({"train/ent_coef": 0.2}, model) is None
+
+
+def test_an_sb3_runs_logged_entropy_is_its_policys_on_that_updates_batch(tmp_path, monkeypatch):
+    """train.csv's policy/entropy of an SB3 run against −E[log π] that SB3's own action_log_prob returned for the batch
+    of the update before the row (the call that feeds α's loss), plus log 2 for Pendulum's box [−2, 2]."""
+    from stable_baselines3.sac.policies import Actor
+
+    from virel_ppl import baselines
+
+    models, calls = [], []  # calls: (num_timesteps, mean log π) of every action_log_prob
+    real_sac, real_log_prob = __import__("stable_baselines3").SAC, Actor.action_log_prob
+
+    def keep(*args, **kwargs):
+        models.append(real_sac(*args, **kwargs))
+        return models[-1]
+
+    def record(self, obs):
+        actions, log_prob = real_log_prob(self, obs)
+        calls.append((models[0].num_timesteps, float(log_prob.detach().mean())))
+        return actions, log_prob
+
+    monkeypatch.setattr("stable_baselines3.SAC", keep)
+    monkeypatch.setattr(Actor, "action_log_prob", record)
+    log = read_csv(baselines.train_sb3_sac(Config(**SMALL, run_dir=tmp_path / "sb3")) / "train.csv")
+    assert len(log["policy/entropy"]) == len(log["step"]) >= 4
+    for step, entropy in zip(log["step"], log["policy/entropy"]):
+        first = next(m for ts, m in calls if ts == step - 1)  # the update after step - 1: its batch's log π first
+        assert entropy == pytest.approx(-first + np.log(2.0), abs=1e-4)

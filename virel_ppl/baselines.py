@@ -6,7 +6,8 @@ uniformly at random for that many steps. Its run directory holds what ours hold 
 (the env, ``algo = "sb3_sac"``, the seed, the budget and SB3's hyper-parameters as it ran them), ``eval.csv``
 (evaluated exactly as ours: :func:`virel_ppl.runtime.evaluation.evaluate` with the mode action, ``eval_episodes``
 episodes on the same seeds, after the update of every ``eval_every``-th step and at the end), ``train.csv`` (SB3's last
-actor/critic loss and entropy coefficient every ``log_every`` steps) and ``episodes.csv``.
+actor/critic loss and entropy coefficient every ``log_every`` steps, and the policy's entropy read off them, see
+:func:`sac_entropy`) and ``episodes.csv``.
 
 A baseline run checkpoints at every evaluation, as ours do (``checkpoint.pt``, the one before kept as
 ``checkpoint.prev.pt``, written atomically by :func:`virel_ppl.runtime.checkpoints.save_checkpoint`): SB3's networks,
@@ -187,16 +188,15 @@ def train_sb3_sac(config: Config, on_eval: Callable[[int], None] | None = None) 
                     logger.log("episodes", step, {"return": info["episode"]["r"], "length": info["episode"]["l"]})
             values = self.model.logger.name_to_value
             if step % cfg.log_every == 0 and "train/critic_loss" in values:
-                logger.log(
-                    "train",
-                    step,
-                    {
-                        "critic/q_loss": values["train/critic_loss"],
-                        "actor/loss": values["train/actor_loss"],
-                        "sac/alpha": values["train/ent_coef"],
-                        "wall_s": wall_s(),
-                    },
-                )
+                row = {
+                    "critic/q_loss": values["train/critic_loss"],
+                    "actor/loss": values["train/actor_loss"],
+                    "sac/alpha": values["train/ent_coef"],
+                }
+                entropy = sac_entropy(values, self.model) if self.model.gradient_steps == 1 else None
+                if entropy is not None:
+                    row["policy/entropy"] = entropy
+                logger.log("train", step, {**row, "wall_s": wall_s()})
             return True
 
     try:
@@ -232,6 +232,24 @@ SB3_COUNTERS = (
     "num_timesteps", "_episode_num", "_n_updates", "_last_obs", "_last_episode_starts", "_last_original_obs",
     "_current_progress_remaining", "ep_info_buffer", "ep_success_buffer",
 )  # fmt: skip
+
+
+def sac_entropy(values: dict, model) -> float | None:
+    """H(π) of SB3's SAC policy on the batch of its last update, on the env's action box (as our ``policy/entropy``):
+    read off the two values SB3 logs for that update, so that its RNG draws nothing more.
+
+    SB3's α-loss is −log α · (E[log π₁(a|s)] + target), with π₁ its policy on [−1, 1]ⁿ, so E[−log π₁] = loss / log α
+    + target; the affine map onto the box adds Σ log half_range. None without automatic α, or where α = 1 (log α = 0:
+    the loss says nothing). ``values``: SB3's ``logger.name_to_value`` after one gradient step (with several, its
+    logged means do not factor)."""
+    if "train/ent_coef_loss" not in values:
+        return None
+    log_alpha = float(np.log(values["train/ent_coef"]))
+    if abs(log_alpha) < 1e-6:
+        return None
+    space = model.action_space
+    box = float(np.log((space.high - space.low) / 2.0).sum())
+    return float(values["train/ent_coef_loss"]) / log_alpha + float(model.target_entropy) + box
 
 
 def _check_same_run(saved: dict, cfg: Config, run_dir: Path) -> None:
