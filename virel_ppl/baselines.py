@@ -239,13 +239,13 @@ def sac_entropy(values: dict, model) -> float | None:
     read off the two values SB3 logs for that update, so that its RNG draws nothing more.
 
     SB3's α-loss is −log α · (E[log π₁(a|s)] + target), with π₁ its policy on [−1, 1]ⁿ, so E[−log π₁] = loss / log α
-    + target; the affine map onto the box adds Σ log half_range. None without automatic α, or where α = 1 (log α = 0:
-    the loss says nothing). ``values``: SB3's ``logger.name_to_value`` after one gradient step (with several, its
-    logged means do not factor)."""
+    + target; the affine map onto the box adds Σ log half_range. None without automatic α, or where α is within 1e-4
+    of 1 (log α ≈ 0: the loss says too little; α, a float32, leaves log α a 6e-8 error). ``values``: SB3's
+    ``logger.name_to_value`` after one gradient step (with several, its logged means do not factor)."""
     if "train/ent_coef_loss" not in values:
         return None
     log_alpha = float(np.log(values["train/ent_coef"]))
-    if abs(log_alpha) < 1e-6:
+    if abs(log_alpha) < 1e-4:
         return None
     space = model.action_space
     box = float(np.log((space.high - space.low) / 2.0).sum())
