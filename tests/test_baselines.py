@@ -521,16 +521,18 @@ def test_steps_per_s_of_the_older_timing_layout_skips_where_the_clock_restarted(
 
 def test_the_entropy_read_off_alphas_loss_by_hand():
     """α = 0.5, target −1, H on [−1, 1] of 2.5: SB3's α-loss is −log 0.5 · (−2.5 − 1) = −2.4260; Pendulum's box
-    [−2, 2] adds log 2, so H = 3.1931. α = 1 (log α = 0) and a fixed α (no α-loss) tell nothing."""
+    [−2, 2] adds log 2, so H = 3.1931. α = 1 (log α = 0), a fixed α (no α-loss) and two gradient steps tell nothing."""
     from gymnasium.spaces import Box
 
     from virel_ppl.baselines import sac_entropy
 
-    model = argparse.Namespace(action_space=Box(-2.0, 2.0, (1,)), target_entropy=-1.0)
+    model = argparse.Namespace(action_space=Box(-2.0, 2.0, (1,)), target_entropy=-1.0, gradient_steps=1)
     loss = -np.log(0.5) * (-2.5 - 1.0)
     assert sac_entropy({"train/ent_coef": 0.5, "train/ent_coef_loss": loss}, model) == pytest.approx(3.1931, abs=1e-4)
     assert sac_entropy({"train/ent_coef": 1.0, "train/ent_coef_loss": 0.0}, model) is None
     assert sac_entropy({"train/ent_coef": 0.2}, model) is None
+    several = argparse.Namespace(**{**vars(model), "gradient_steps": 2})  # logged means: the algebra does not hold
+    assert sac_entropy({"train/ent_coef": 0.5, "train/ent_coef_loss": loss}, several) is None
 
 
 def test_an_sb3_runs_logged_entropy_is_its_policys_on_that_updates_batch(tmp_path, monkeypatch):

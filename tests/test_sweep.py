@@ -497,11 +497,6 @@ def test_each_drivers_reports_are_kept_once_and_read_back_once(tmp_path):
     assert [(r["step"], r["iterations_since_restore"]) for r in rows] == [("200", "1"), ("400", "2"), ("600", "1")]
 
 
-def _steps(path: Path) -> list[int]:
-    with open(path, newline="") as fh:
-        return [int(float(r["step"])) for r in csv.DictReader(fh)]
-
-
 def _session(sid: int) -> list[int]:
     """The processes of session ``sid``: a driver started in a session of its own, with the Ray it started."""
     pids = []
@@ -534,12 +529,12 @@ def test_a_sweep_killed_and_resumed_keeps_the_reports_of_the_driver_before(tmp_p
     for pid in _session(proc.pid):
         os.kill(pid, signal.SIGKILL)
     proc.communicate(timeout=60)
-    before = _steps(tune_dir / "progress.csv")
+    before = _logged_steps(tune_dir / "progress.csv")
     assert before[:2] == [200, 400] and before[-1] < steps
 
     done = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-    after = _steps(tune_dir / "progress.csv")
+    after = _logged_steps(tune_dir / "progress.csv")
     assert after[-1] == steps and not set(before) & set(after)  # Tune kept none of the first driver's rows
-    assert _steps(tune_dir / "progress.1.csv") == before
-    assert [int(float(r["step"])) for r in progress_rows(tune_dir)] == before + after
+    assert _logged_steps(tune_dir / "progress.1.csv") == before
+    assert [float(r["step"]) for r in progress_rows(tune_dir)] == before + after

@@ -193,7 +193,7 @@ def train_sb3_sac(config: Config, on_eval: Callable[[int], None] | None = None) 
                     "actor/loss": values["train/actor_loss"],
                     "sac/alpha": values["train/ent_coef"],
                 }
-                entropy = sac_entropy(values, self.model) if self.model.gradient_steps == 1 else None
+                entropy = sac_entropy(values, self.model)
                 if entropy is not None:
                     row["policy/entropy"] = entropy
                 logger.log("train", step, {**row, "wall_s": wall_s()})
@@ -239,10 +239,10 @@ def sac_entropy(values: dict, model) -> float | None:
     read off the two values SB3 logs for that update, so that its RNG draws nothing more.
 
     SB3's α-loss is −log α · (E[log π₁(a|s)] + target), with π₁ its policy on [−1, 1]ⁿ, so E[−log π₁] = loss / log α
-    + target; the affine map onto the box adds Σ log half_range. None without automatic α, or where α is within 1e-4
-    of 1 (log α ≈ 0: the loss says too little; α, a float32, leaves log α a 6e-8 error). ``values``: SB3's
-    ``logger.name_to_value`` after one gradient step (with several, its logged means do not factor)."""
-    if "train/ent_coef_loss" not in values:
+    + target; the affine map onto the box adds Σ log half_range. None without automatic α, with several gradient
+    steps per call (SB3 then logs means, which do not factor), or where α is within 1e-4 of 1 (log α ≈ 0: the loss
+    says too little; α, a float32, leaves log α a 6e-8 error). ``values``: SB3's ``logger.name_to_value``."""
+    if "train/ent_coef_loss" not in values or model.gradient_steps != 1:
         return None
     log_alpha = float(np.log(values["train/ent_coef"]))
     if abs(log_alpha) < 1e-4:
