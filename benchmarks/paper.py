@@ -39,8 +39,9 @@ A named study (``--study``) is a set of these settings under a name: ``humanoid`
 
 A tuned row is a learner of ours with some fields changed, run and reported apart from the
 defaults: ``--tuned virel:alpha=0.2 --tasks Hopper-v5`` runs ``Hopper-v5__virel+alpha=0.2__<seed>`` for the seeds
-(its own sweep, under ``runs/paper-tuned`` unless ``--root`` says otherwise) into the same ``--results``. The table
-puts each tuned row under its task's defaults, by its label, and its curves go to ``report/tuned/``.
+(its own sweep, under ``runs/paper-tuned``, or a study's root with ``-tuned`` added, unless ``--root`` says
+otherwise) into the same ``--results``. The table puts each tuned row under its task's defaults, by its label, and
+its curves go to ``report/tuned/``.
 """
 
 from __future__ import annotations
@@ -500,8 +501,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--tuned", nargs="*", default=[], metavar="ALGO:FIELD=VALUE",
         help="run only these tuned rows (e.g. virel:alpha=0.2), reported apart from the defaults",
     )  # fmt: skip
-    parser.add_argument("--root", type=Path, default=None, help="run directories and Tune's state (default: runs/paper;"
-                        " runs/paper-tuned with --tuned)")  # fmt: skip
+    parser.add_argument("--root", type=Path, default=None, help="run directories and Tune's state (default: runs/paper"
+                        " or the study's; with --tuned, that name + -tuned)")  # fmt: skip
     parser.add_argument("--results", type=Path, default=HERE / "results" / "paper", help="where finished trials go")
     parser.add_argument("--max-concurrent", type=int, default=2, help="trials at once (each single-threaded)")
     parser.add_argument("--address", default=None, help="a running Ray cluster (auto, HOST:PORT); default: local")
@@ -513,10 +514,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--marks", type=int, nargs="+", default=None, help="steps the table reports (default: 25k, 50k"
                         " and the budget)")  # fmt: skip
     study = parser.parse_known_args(argv)[0].study
-    if study is not None:
-        parser.set_defaults(**STUDIES[study])
+    settings = dict(STUDIES[study]) if study is not None else {}
+    base = settings.pop("root", Path("runs/paper"))
+    parser.set_defaults(**settings)
     args = parser.parse_args(argv)
-    args.root = args.root or Path("runs/paper-tuned" if args.tuned else "runs/paper")
+    # tuned rows are a sweep of their own: beside the study's root, never in it (its saved grid would refuse them)
+    args.root = args.root or (base.with_name(base.name + "-tuned") if args.tuned else base)
     return args
 
 

@@ -414,6 +414,11 @@ def test_a_tuned_study_runs_under_its_own_root_and_skips_what_is_finished(tmp_pa
     monkeypatch.setattr(sys, "argv", [*argv, "--budget", "10000", "--results", str(results)])
     paper.main()
     assert ran == [["Hopper-v5__virel+alpha=0.2__1"]] and roots == [tmp_path / "runs" / "paper-tuned"]
+    # a named study's tuned rows go beside its root, not into it (the study's saved grid would refuse them)
+    study = ["paper.py", "--study", "humanoid", "--tuned", "beta:beta_scale=0.004", "--seeds", "0"]
+    monkeypatch.setattr(sys, "argv", [*study, "--results", str(results)])
+    paper.main()
+    assert ran[-1] == ["Humanoid-v5__beta+beta_scale=0.004__0"] and roots[-1] == tmp_path / "runs/paper-humanoid-tuned"
 
 
 def test_tuned_curves_are_drawn_apart_from_the_defaults(pendulum_run, tmp_path):
