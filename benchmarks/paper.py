@@ -246,9 +246,13 @@ def _timing(trial_dir: Path) -> list[tuple[int, float, int]]:
     return [(int(float(r["step"])), float(r["time_since_restore"]), int(r["iterations_since_restore"])) for r in rows]
 
 
-def collect(root: Path, results: Path, trials) -> list[str]:
+def collect(root: Path, results: Path, trials, *, final: bool = False) -> list[str]:
     """Copy every finished (or failed) trial's small outputs to ``results``; returns the names newly copied. A
-    finished trial's ``checkpoint.prev.pt`` is removed (a Humanoid one holds up to 500k transitions)."""
+    finished trial's ``checkpoint.prev.pt`` is removed (a Humanoid one holds up to 500k transitions).
+
+    A trial writes its last ``eval.csv`` row before Tune records that report, so a finished trial is copied once
+    Tune's record reaches its budget too (its ``timing.csv`` would lack the last span otherwise); ``final`` (the
+    sweep has ended) copies it with whatever Tune recorded."""
     from virel_ppl.runtime.checkpoints import PREVIOUS
 
     commits = json.loads((root / "commits.json").read_text()) if (root / "commits.json").exists() else {}
@@ -257,9 +261,12 @@ def collect(root: Path, results: Path, trials) -> list[str]:
         run, out = root / t.name, results / t.name
         error = root / "tune" / t.name / "error.txt"
         done = _last_step(run / "eval.csv") == t.config.total_steps
+        timing = _timing(root / "tune" / t.name)
         if done:  # copied once, unless an earlier copy recorded it as failed
             if (out / "eval.csv").exists() and not (out / "error.txt").exists():
                 continue
+            if not final and (not timing or timing[-1][0] < t.config.total_steps):
+                continue  # Tune has not recorded the last report yet
         elif not error.exists() or (out / "error.txt").exists():
             continue  # still running (or its failure is copied already)
         out.mkdir(parents=True, exist_ok=True)
@@ -271,7 +278,6 @@ def collect(root: Path, results: Path, trials) -> list[str]:
             (run / PREVIOUS).unlink(missing_ok=True)  # a fallback for a resume, which a finished trial has no use for
         else:
             shutil.copy2(error, out / "error.txt")
-        timing = _timing(root / "tune" / t.name)
         head = "step,time_since_restore,iterations_since_restore\n"
         (out / "timing.csv").write_text(head + "".join(f"{s},{w:.2f},{i}\n" for s, w, i in timing))
         (out / "commits.json").write_text(json.dumps(commits.get(t.name, []), indent=1))
@@ -316,7 +322,7 @@ def run(args: argparse.Namespace) -> None:
         )
     finally:
         stop.set()
-        collect(root, args.results, trials)
+        collect(root, args.results, trials, final=True)
     if result.failed:
         print(f"failed: {', '.join(result.failed)} (see {root}/tune/<trial>/error.txt)", file=sys.stderr)
     if result.interrupted:

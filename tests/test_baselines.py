@@ -477,7 +477,7 @@ def test_a_finished_trial_keeps_only_its_latest_checkpoint(tmp_path):
     (run / "eval.csv").write_text("step,return_mean,return_std\n5000,1,0\n10000,2,0\n")
     (run / "checkpoint.pt").write_bytes(b"latest")
     (run / "checkpoint.prev.pt").write_bytes(b"previous")
-    assert paper.collect(root, results, [trial]) == [trial.name]
+    assert paper.collect(root, results, [trial], final=True) == [trial.name]
     assert (run / "checkpoint.pt").exists() and not (run / "checkpoint.prev.pt").exists()
 
 
@@ -513,6 +513,47 @@ def test_a_trial_run_by_three_drivers_keeps_the_wall_clock_of_each(tmp_path):
     assert timing["step"] == [10_000, 20_000, 30_000, 40_000, 50_000]
     assert timing["iterations_since_restore"] == [1, 2, 1, 1, 2]
     assert paper._steps_per_s(results / trial.name) == pytest.approx(20_000 / 750)
+
+
+def test_a_finished_trial_waits_for_tunes_record_of_its_last_report(tmp_path):
+    """The trial writes its last eval.csv row (20k) before Tune records that report: a poll in between copies
+    nothing, the next one copies a timing.csv that ends at 20k; at the sweep's end, whatever Tune recorded is copied."""
+    root, results = tmp_path / "root", tmp_path / "results"
+    first, second = paper.plan_trials(
+        args(tasks=["Hopper-v5"], algos=["beta"], then=[], seeds=[0, 1], budget=20_000, eval_every=10_000)
+    )
+    for t in (first, second):
+        (root / "tune" / t.name).mkdir(parents=True)
+        (root / t.name).mkdir(parents=True)
+        (root / t.name / "eval.csv").write_text("step,return_mean,return_std\n10000,1,0\n20000,2,0\n")
+        _progress(root / "tune" / t.name / "progress.csv", [(10_000, 100.0, 1)])
+    assert paper.collect(root, results, [first]) == [] and not (results / first.name).exists()
+    _progress(root / "tune" / first.name / "progress.csv", [(10_000, 100.0, 1), (20_000, 300.0, 2)])
+    assert paper.collect(root, results, [first, second]) == [first.name]
+    assert read_csv(results / first.name / "timing.csv")["step"] == [10_000, 20_000]
+    assert paper.collect(root, results, [first, second], final=True) == [second.name]
+    assert read_csv(results / second.name / "timing.csv")["step"] == [10_000]
+
+
+def test_the_sweeps_end_copies_a_finished_trial_that_tune_recorded_in_part(tmp_path, monkeypatch):
+    """``paper.run``: the sweep returns with the last report unrecorded by Tune; the trial is copied all the same."""
+    results = tmp_path / "res"
+
+    def sweep(trials, root, **kw):
+        (t,) = trials
+        (root / t.name).mkdir(parents=True)
+        (root / t.name / "eval.csv").write_text("step,return_mean,return_std\n5000,1,0\n10000,2,0\n")
+        (root / t.name / "config.json").write_text(json.dumps({"env": "Hopper-v5", "algo": "beta"}))
+        (root / "tune" / t.name).mkdir(parents=True)
+        _progress(root / "tune" / t.name / "progress.csv", [(5_000, 50.0, 1)])
+        return argparse.Namespace(failed=[], interrupted=False)
+
+    monkeypatch.setattr("virel_ppl.sweep.sweep", sweep)
+    a = args(tasks=["Hopper-v5"], algos=["beta"], then=[], seeds=[0], root=tmp_path / "root", results=results)
+    a.max_concurrent, a.address, a.tune_checkpoints = 1, None, False
+    paper.run(a)
+    assert read_csv(results / "Hopper-v5__beta__0" / "eval.csv")["step"] == [5_000, 10_000]
+    assert read_csv(results / "Hopper-v5__beta__0" / "timing.csv")["step"] == [5_000]
 
 
 def test_steps_per_s_of_the_older_timing_layout_skips_where_the_clock_restarted(tmp_path):
