@@ -261,14 +261,14 @@ def collect(root: Path, results: Path, trials, *, final: bool = False) -> list[s
         run, out = root / t.name, results / t.name
         error = root / "tune" / t.name / "error.txt"
         done = _last_step(run / "eval.csv") == t.config.total_steps
-        timing = _timing(root / "tune" / t.name)
         if done:  # copied once, unless an earlier copy recorded it as failed
             if (out / "eval.csv").exists() and not (out / "error.txt").exists():
                 continue
-            if not final and (not timing or timing[-1][0] < t.config.total_steps):
-                continue  # Tune has not recorded the last report yet
         elif not error.exists() or (out / "error.txt").exists():
             continue  # still running (or its failure is copied already)
+        timing = _timing(root / "tune" / t.name)
+        if done and not final and (not timing or timing[-1][0] < t.config.total_steps):
+            continue  # Tune has not recorded the last report yet
         out.mkdir(parents=True, exist_ok=True)
         for name in COPIED:
             if (run / name).exists():
