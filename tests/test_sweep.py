@@ -513,28 +513,38 @@ def test_a_sweep_killed_and_resumed_keeps_the_reports_of_the_driver_before(tmp_p
     """Every process of a sweep killed at once (its driver, the Ray it started and the trial's worker), then the same
     command with --resume and no Tune checkpoints, as the study runs: Tune starts the trial's progress.csv afresh, and
     the first driver's reports survive as progress.1.csv, read back before the second driver's."""
-    root, steps = tmp_path / "root", 1400  # room for the kill to land mid-run: Tune writes progress.csv late
+    import held_pendulum
+
+    # the trial's environment stands still at step 700 while `hold` exists: the kill lands after Tune has recorded
+    # the reports of 200, 400 and 600 and before 800, however slowly the driver or this test runs
+    root, steps, hold = tmp_path / "root", 1000, tmp_path / "hold"
+    env_id = "held_pendulum:HeldPendulum-v0"
     cli = [*CLI_BASE]
+    cli[cli.index("--envs") + 1] = env_id
     cli[cli.index("--total-steps") + 1] = str(steps)
     argv = [sys.executable, "-m", "virel_ppl.cli", "sweep", *cli, "--algos", "virel", "--seeds", "4"]
     argv += ["--root", str(root), "--max-concurrent", "1", "--no-tune-checkpoints"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
-    tune_dir = root / "tune" / "Pendulum-v1__virel__4"
+    path = os.pathsep.join(p for p in (str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path, held_pendulum.HOLD_FILE: str(hold)}
+    hold.touch()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)  # fmt: skip
     deadline = time.monotonic() + 900  # a guard against a hang, not a timed assertion
-    while proc.poll() is None and time.monotonic() < deadline and len(_logged_steps(tune_dir / "progress.csv")) < 2:
+    tune_dir = root / "tune" / "?"  # Tune names it after the trial, with the ":" of the env id replaced
+    while proc.poll() is None and time.monotonic() < deadline and len(_logged_steps(tune_dir / "progress.csv")) < 3:
+        tune_dir = next((root / "tune").glob("*__virel__4"), tune_dir)
         time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()[0][-3000:]
     for pid in _session(proc.pid):
         os.kill(pid, signal.SIGKILL)
     proc.communicate(timeout=60)
     before = _logged_steps(tune_dir / "progress.csv")
-    assert before[:2] == [200, 400] and before[-1] < steps
+    assert before == [200, 400, 600]
 
+    hold.unlink()
     done = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     after = _logged_steps(tune_dir / "progress.csv")
-    assert after[-1] == steps and not set(before) & set(after)  # Tune kept none of the first driver's rows
+    assert after == [800, steps]  # resumed from the checkpoint of 600; Tune kept none of the first driver's rows
     assert _logged_steps(tune_dir / "progress.1.csv") == before
     assert [float(r["step"]) for r in progress_rows(tune_dir)] == before + after
