@@ -8,6 +8,11 @@ sample per state), the share of the mode's components within 1 % of the box's ed
 its mean and spread over 8 samples of π per state (in units of the run's last ε: how peaked exp(Q/ε) is over what
 the policy tries), and the return of ``--episodes`` episodes of the mode action (as every evaluation of the study)
 beside that of sampled actions, on the same seeds. Prints a Markdown table.
+
+SB3's SAC runs (``algo = "sb3_sac"``) are probed the same way: its policy is a tanh-squashed Gaussian on the box
+as ours is, its critic the min of twin Qs, and its ε the temperature α of the checkpoint. A finished SB3 run keeps
+no replay buffer: ``--states-from RUN`` takes the states from another run's buffer (for every run given, so that all
+are probed on the same states).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from pathlib import Path
 import torch
 
 from virel_ppl.analysis.diagnostics import last_logged_eps
+from virel_ppl.config import ConfigError
+from virel_ppl.inference.actions import ActionBox, TanhNormal
 from virel_ppl.runtime.checkpoints import agent_from_state, load_checkpoint
 from virel_ppl.runtime.evaluation import evaluate
 
@@ -32,21 +39,88 @@ class Sampling:
         return self.agent.act(obs, deterministic=False)
 
 
+class SB3Policy:
+    """SB3's SAC actor as the probe reads a guide: ``distribution`` and ``mode`` on the env's box (SB3's actor
+    squashes a Gaussian into [-1, 1] and its ``predict`` rescales that to the box)."""
+
+    def __init__(self, actor, box: ActionBox) -> None:
+        self.actor, self.box = actor, box
+
+    def distribution(self, obs: torch.Tensor) -> TanhNormal:
+        mean, log_std, _ = self.actor.get_action_dist_params(obs)  # log_std already clamped as SB3 acts
+        return TanhNormal(mean, log_std.exp(), self.box)
+
+    def mode(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.box.from_unit(torch.tanh(self.actor.get_action_dist_params(obs)[0]))
+
+
+class SB3Agent:
+    """What :func:`probe` reads of an agent, for an SB3 SAC model: its policy, its critic (min of the twins, on
+    actions rescaled to [-1, 1] as SB3 stores them), its actions (SB3's own ``predict``, as the study evaluates it)."""
+
+    def __init__(self, model, box: ActionBox) -> None:
+        self.model, self.box, self.device = model, box, torch.device("cpu")
+        self.policy = SB3Policy(model.actor, box)
+
+    def q_on_box(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        q1, q2 = self.model.critic(obs, self.box.to_unit(self.box.clip(actions)))
+        return torch.minimum(q1, q2).squeeze(-1)
+
+    def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        action, _ = self.model.predict(obs.cpu().numpy(), deterministic=deterministic)
+        return torch.as_tensor(action)
+
+    def policy_entropy(self, obs: torch.Tensor) -> torch.Tensor:
+        pi = self.policy.distribution(obs)
+        return -pi.log_prob(pi.sample()).mean()
+
+
+def sb3_agent(state: dict) -> SB3Agent:
+    """The SB3 SAC model of a checkpoint written by ``virel_ppl.baselines``: its networks only (no buffer)."""
+    from stable_baselines3 import SAC
+
+    from virel_ppl.runtime.envs import make_env
+
+    env = make_env(state["config"]["env"])
+    model = SAC("MlpPolicy", env, buffer_size=1, device="cpu")  # the buffer is not needed to act or score
+    model.policy.load_state_dict(state["sb3"]["policy"])
+    return SB3Agent(model, ActionBox.from_space(env.action_space))
+
+
+def buffer_states(state: dict) -> torch.Tensor | None:
+    """The observations of a checkpoint's replay buffer (ours or SB3's), or None where it keeps none."""
+    if "sb3" in state:
+        replay = state["sb3"]["replay"]
+        return None if replay is None else torch.as_tensor(replay["observations"]).flatten(1)
+    return torch.as_tensor(state["replay"]["obs"][: int(state["replay"]["size"])])
+
+
 @torch.no_grad()
-def probe(run_dir: Path, num_states: int, episodes: int, samples: int = 8) -> dict[str, float]:
-    state, path = load_checkpoint(run_dir)
-    agent, cfg = agent_from_state(state, path)
-    replay = state["replay"]
-    pick = torch.randperm(int(replay["size"]), generator=torch.Generator().manual_seed(0))[:num_states]
-    obs = torch.as_tensor(replay["obs"][pick], dtype=torch.float32)
+def probe(
+    run_dir: Path, num_states: int, episodes: int, samples: int = 8, states_from: Path | None = None
+) -> dict[str, float]:
+    state, path = load_checkpoint(run_dir, keys=("config", "step"))
+    if "sb3" in state:
+        agent, env_id, seed = sb3_agent(state), state["config"]["env"], state["config"]["seed"]
+        eps = float(state["sb3"]["log_ent_coef"].exp())
+    else:
+        agent, cfg = agent_from_state(state, path)
+        env_id, seed, eps = cfg.env, cfg.seed, last_logged_eps(run_dir) or cfg.alpha
+    states = buffer_states(load_checkpoint(states_from, keys=("config", "step"))[0] if states_from else state)
+    if states is None:
+        raise ConfigError(
+            f"{run_dir} is a finished SB3 run, whose checkpoint keeps no replay buffer: give --states-from RUN, a run "
+            "whose buffer holds the states to probe on."
+        )
+    pick = torch.randperm(len(states), generator=torch.Generator().manual_seed(0))[:num_states]
+    obs = states[pick].float()
     torch.manual_seed(0)
-    eps = last_logged_eps(run_dir) or cfg.alpha
     mode = agent.policy.mode(obs)
     edge = (mode - agent.box.low).abs().minimum((agent.box.high - mode).abs()) < 0.01 * (agent.box.high - agent.box.low)
     sampled = agent.policy.distribution(obs).sample((samples,))  # (samples, states, action_dim)
     q = torch.stack([agent.q_on_box(obs, a) for a in sampled])
     q_mode = agent.q_on_box(obs, mode)
-    seed = cfg.seed + 20_000  # seeds of their own: not those of the run's evaluations
+    seed += 20_000  # seeds of their own: not those of the run's evaluations
     return {
         "step": state["step"],
         "eps": eps,
@@ -54,8 +128,8 @@ def probe(run_dir: Path, num_states: int, episodes: int, samples: int = 8) -> di
         "at_edge": float(edge.float().mean()),
         "q_mode_minus_mean": float((q_mode - q.mean(0)).mean() / eps),
         "q_spread": float(q.std(0).mean() / eps),
-        "mode_return": float(evaluate(agent, cfg.env, episodes, seed).mean()),
-        "sampled_return": float(evaluate(Sampling(agent), cfg.env, episodes, seed).mean()),
+        "mode_return": float(evaluate(agent, env_id, episodes, seed).mean()),
+        "sampled_return": float(evaluate(Sampling(agent), env_id, episodes, seed).mean()),
     }
 
 
@@ -64,6 +138,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="run directories with a checkpoint")
     parser.add_argument("--states", type=int, default=4096)
     parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--states-from", type=Path, help="a run whose replay buffer gives every run's states")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(
@@ -72,7 +147,7 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for run in args.runs:
-        p = probe(run, args.states, args.episodes)
+        p = probe(run, args.states, args.episodes, states_from=args.states_from)
         print(
             f"| {run.name} | {p['step']} | {p['eps']:.3g} | {p['entropy']:.2f} | {p['at_edge']:.1%} | "
             f"{p['q_mode_minus_mean']:.2f} | {p['q_spread']:.2f} | {p['mode_return']:.0f} | "

@@ -454,6 +454,41 @@ def test_the_policy_probe_reads_the_run_it_is_given(pendulum_run):
     assert p["sampled_return"] != p["mode_return"] and 0.0 <= p["at_edge"] <= 1.0
 
 
+def test_the_policy_probe_reads_a_finished_sb3_run_on_another_runs_states(sb3_straight, pendulum_run, tmp_path):
+    """A finished SB3 run keeps no buffer: the probe says to give --states-from, and with it probes SB3's policy on
+    that run's states: ε is the checkpoint's α, the mode at the edge is what SB3's own ``predict`` does on those
+    states (its mean pushed towards the upper edge, so that some modes are there), and the mode's return is SB3's
+    ``predict`` played on the probe's seeds."""
+    import probe_policy
+    from stable_baselines3 import SAC
+
+    with pytest.raises(ConfigError, match="keeps no replay buffer: give --states-from RUN"):
+        probe_policy.probe(sb3_straight, num_states=64, episodes=2)
+    run = shutil.copytree(sb3_straight, tmp_path / "pushed")
+    saved = torch.load(run / "checkpoint.pt", weights_only=False)
+    saved["sb3"]["policy"]["actor.mu.bias"] += 2.5
+    torch.save(saved, run / "checkpoint.pt")
+    p = probe_policy.probe(run, num_states=64, episodes=2, states_from=pendulum_run)
+
+    model = SAC("MlpPolicy", gym.make("Pendulum-v1"))
+    model.policy.load_state_dict(saved["sb3"]["policy"])
+    buffer = torch.load(pendulum_run / "checkpoint.pt", weights_only=False)["replay"]
+    pick = torch.randperm(int(buffer["size"]), generator=torch.Generator().manual_seed(0))[:64]
+    mode, _ = model.predict(buffer["obs"][pick].numpy(), deterministic=True)
+    at_edge = np.mean(2.0 - np.abs(mode) < 0.01 * 4.0)  # Pendulum's box is [-2, 2]
+    returns = []
+    for k in range(2):  # the probe's seeds: the run's seed 0 + 20000, copy k of the vector env with + k
+        env, total, done = gym.make("Pendulum-v1"), 0.0, False
+        obs, _ = env.reset(seed=20_000 + k)
+        while not done:
+            obs, r, terminated, truncated, _ = env.step(model.predict(obs, deterministic=True)[0])
+            total, done = total + r, terminated or truncated
+        returns.append(total)
+    assert (p["step"], p["eps"]) == (300, pytest.approx(float(saved["sb3"]["log_ent_coef"].exp())))
+    assert 0.0 < at_edge < 1.0 and p["at_edge"] == pytest.approx(at_edge)
+    assert p["mode_return"] == pytest.approx(np.mean(returns), rel=1e-5)
+
+
 def test_the_humanoid_study_is_the_explicit_command_and_reports_100k_250k_500k(tmp_path):
     """``--study humanoid`` plans the trials (names and configs) of the command that started its root, so that root
     continues; a flag given with it wins; its table reports the returns at 100k, 250k and 500k."""
