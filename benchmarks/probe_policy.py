@@ -106,10 +106,11 @@ def probe(
     else:
         agent, cfg = agent_from_state(state, path)
         env_id, seed, eps = cfg.env, cfg.seed, last_logged_eps(run_dir) or cfg.alpha
-    states = buffer_states(load_checkpoint(states_from, keys=("config", "step"))[0] if states_from else state)
+    source = states_from or run_dir
+    states = buffer_states(load_checkpoint(source, keys=("config", "step"))[0] if states_from else state)
     if states is None:
         raise ConfigError(
-            f"{run_dir} is a finished SB3 run, whose checkpoint keeps no replay buffer: give --states-from RUN, a run "
+            f"The checkpoint of {source} keeps no replay buffer (a finished SB3 run): give --states-from RUN, a run "
             "whose buffer holds the states to probe on."
         )
     pick = torch.randperm(len(states), generator=torch.Generator().manual_seed(0))[:num_states]

@@ -462,7 +462,7 @@ def test_the_policy_probe_reads_a_finished_sb3_run_on_another_runs_states(sb3_st
     import probe_policy
     from stable_baselines3 import SAC
 
-    with pytest.raises(ConfigError, match="keeps no replay buffer: give --states-from RUN"):
+    with pytest.raises(ConfigError, match="keeps no replay buffer .a finished SB3 run.: give --states-from RUN"):
         probe_policy.probe(sb3_straight, num_states=64, episodes=2)
     run = shutil.copytree(sb3_straight, tmp_path / "pushed")
     saved = torch.load(run / "checkpoint.pt", weights_only=False)
