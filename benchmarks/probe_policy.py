@@ -22,7 +22,9 @@ from pathlib import Path
 
 import torch
 
+from virel_ppl.agent import VirelAgent
 from virel_ppl.analysis.diagnostics import last_logged_eps
+from virel_ppl.baselines import _ModeActor
 from virel_ppl.config import ConfigError
 from virel_ppl.inference.actions import ActionBox, TanhNormal
 from virel_ppl.runtime.checkpoints import agent_from_state, load_checkpoint
@@ -58,21 +60,16 @@ class SB3Agent:
     """What :func:`probe` reads of an agent, for an SB3 SAC model: its policy, its critic (min of the twins, on
     actions rescaled to [-1, 1] as SB3 stores them), its actions (SB3's own ``predict``, as the study evaluates it)."""
 
+    policy_entropy = VirelAgent.policy_entropy  # the same estimate, from a fork of torch's random state
+
     def __init__(self, model, box: ActionBox) -> None:
         self.model, self.box, self.device = model, box, torch.device("cpu")
         self.policy = SB3Policy(model.actor, box)
+        self.act = _ModeActor(model).act  # SB3's own predict, as the study evaluates it
 
     def q_on_box(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         q1, q2 = self.model.critic(obs, self.box.to_unit(self.box.clip(actions)))
         return torch.minimum(q1, q2).squeeze(-1)
-
-    def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
-        action, _ = self.model.predict(obs.cpu().numpy(), deterministic=deterministic)
-        return torch.as_tensor(action)
-
-    def policy_entropy(self, obs: torch.Tensor) -> torch.Tensor:
-        pi = self.policy.distribution(obs)
-        return -pi.log_prob(pi.sample()).mean()
 
 
 def sb3_agent(state: dict) -> SB3Agent:
@@ -87,18 +84,28 @@ def sb3_agent(state: dict) -> SB3Agent:
     return SB3Agent(model, ActionBox.from_space(env.action_space))
 
 
-def buffer_states(state: dict) -> torch.Tensor | None:
-    """The observations of a checkpoint's replay buffer (ours or SB3's), or None where it keeps none."""
-    if "sb3" in state:
-        replay = state["sb3"]["replay"]
-        return None if replay is None else torch.as_tensor(replay["observations"]).flatten(1)
-    return torch.as_tensor(state["replay"]["obs"][: int(state["replay"]["size"])])
+def buffer_states(state: dict, run_dir: Path) -> torch.Tensor:
+    """The observations of the replay buffer in ``run_dir``'s checkpoint ``state`` (ours or SB3's)."""
+    if "sb3" not in state:
+        return torch.as_tensor(state["replay"]["obs"][: int(state["replay"]["size"])])
+    if state["sb3"]["replay"] is None:
+        raise ConfigError(
+            f"The checkpoint of {run_dir} keeps no replay buffer (a finished SB3 run): give --states-from RUN, a run "
+            "whose buffer holds the states to probe on."
+        )
+    return torch.as_tensor(state["sb3"]["replay"]["observations"]).flatten(1)
+
+
+def states_of(run_dir: Path) -> torch.Tensor:
+    """The observations of ``run_dir``'s replay buffer (``--states-from``), read once for every run probed."""
+    return buffer_states(load_checkpoint(run_dir, keys=("config", "step"))[0], run_dir)
 
 
 @torch.no_grad()
 def probe(
-    run_dir: Path, num_states: int, episodes: int, samples: int = 8, states_from: Path | None = None
+    run_dir: Path, num_states: int, episodes: int, samples: int = 8, states: torch.Tensor | None = None
 ) -> dict[str, float]:
+    """The probe's values for the run in ``run_dir``, on ``num_states`` of ``states`` (default: its own buffer's)."""
     state, path = load_checkpoint(run_dir, keys=("config", "step"))
     if "sb3" in state:
         agent, env_id, seed = sb3_agent(state), state["config"]["env"], state["config"]["seed"]
@@ -106,13 +113,8 @@ def probe(
     else:
         agent, cfg = agent_from_state(state, path)
         env_id, seed, eps = cfg.env, cfg.seed, last_logged_eps(run_dir) or cfg.alpha
-    source = states_from or run_dir
-    states = buffer_states(load_checkpoint(source, keys=("config", "step"))[0] if states_from else state)
     if states is None:
-        raise ConfigError(
-            f"The checkpoint of {source} keeps no replay buffer (a finished SB3 run): give --states-from RUN, a run "
-            "whose buffer holds the states to probe on."
-        )
+        states = buffer_states(state, run_dir)
     pick = torch.randperm(len(states), generator=torch.Generator().manual_seed(0))[:num_states]
     obs = states[pick].float()
     torch.manual_seed(0)
@@ -142,13 +144,14 @@ def main() -> None:
     parser.add_argument("--states-from", type=Path, help="a run whose replay buffer gives every run's states")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    states = states_of(args.states_from) if args.states_from else None
     print(
         "| run | step | ε | H(π) | mode at the box edge | (Q(mode) − mean Q(a~π))/ε | sd of Q(a~π)/ε | "
         "return: mode | return: samples |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for run in args.runs:
-        p = probe(run, args.states, args.episodes, states_from=args.states_from)
+        p = probe(run, args.states, args.episodes, states=states)
         print(
             f"| {run.name} | {p['step']} | {p['eps']:.3g} | {p['entropy']:.2f} | {p['at_edge']:.1%} | "
             f"{p['q_mode_minus_mean']:.2f} | {p['q_spread']:.2f} | {p['mode_return']:.0f} | "

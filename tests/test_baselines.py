@@ -468,7 +468,7 @@ def test_the_policy_probe_reads_a_finished_sb3_run_on_another_runs_states(sb3_st
     saved = torch.load(run / "checkpoint.pt", weights_only=False)
     saved["sb3"]["policy"]["actor.mu.bias"] += 2.5
     torch.save(saved, run / "checkpoint.pt")
-    p = probe_policy.probe(run, num_states=64, episodes=2, states_from=pendulum_run)
+    p = probe_policy.probe(run, num_states=64, episodes=2, states=probe_policy.states_of(pendulum_run))
 
     model = SAC("MlpPolicy", gym.make("Pendulum-v1"))
     model.policy.load_state_dict(saved["sb3"]["policy"])
