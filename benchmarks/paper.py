@@ -478,12 +478,13 @@ def signals(results: Path, tasks, algos, budget: int, window: int = 5_000, marks
     return "\n".join(lines)
 
 
-def write_curves(results: Path, out: Path) -> Path | None:
-    """Learning curves with HDI bands over seeds (``virel_ppl report``) of the finished trials: the defaults in
-    ``out``, the tuned rows apart in ``out/tuned`` (grouped by the fields they change as well)."""
+def write_curves(results: Path, out: Path, tasks=None) -> Path | None:
+    """Learning curves with HDI bands over seeds (``virel_ppl report``) of the finished trials on ``tasks`` (default:
+    all): the defaults in ``out``, the tuned rows apart in ``out/tuned`` (grouped by the fields they change as well)."""
     from virel_ppl.analysis.report import write_report
 
-    done = [p for p in sorted(results.glob("*__*__*")) if p.is_dir() and _status(p) == "finished"]
+    found = [p for t in tasks for p in results.glob(f"{t}__*__*")] if tasks else results.glob("*__*__*")
+    done = [p for p in sorted(found) if p.is_dir() and _status(p) == "finished"]
     tuned = [p for p in done if "+" in p.name.split("__")[1]]
     fields = sorted({f.split("=")[0] for p in tuned for f in p.name.split("__")[1].split("+")[1:]})
     if tuned:
@@ -537,7 +538,9 @@ def main() -> None:
             print(table(args.results, args.tasks, rows, args.budget, marks=getattr(args, "marks", None)))
             print("\nTraining signals (train.csv):\n")
             print(signals(args.results, args.tasks, rows, args.budget, marks=getattr(args, "marks", None)))
-            report = write_curves(args.results, args.results / "report")
+            # a named study's curves apart, so that each study's figure shows its own tasks and budget
+            out = args.results / "report" / (args.study or "")
+            report = write_curves(args.results, out, args.tasks)
             print(f"curves: {report.parent if report else 'none yet'}")
         else:
             run(args)

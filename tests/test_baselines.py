@@ -387,7 +387,8 @@ def test_the_table_puts_a_tuned_row_under_its_task_with_a_verdict_against_sac(tm
         _result(tmp_path, f"Hopper-v5__virel+alpha=0.2__{seed}", {5000: 0.0, 10_000: tuned})
         _result(tmp_path, f"Hopper-v5__virel__{seed}", {5000: 0.0, 10_000: default})
         _result(tmp_path, f"Hopper-v5__sb3_sac__{seed}", {5000: 0.0, 10_000: sac})
-    monkeypatch.setattr(paper, "write_curves", lambda results, out: None)
+    curves = []
+    monkeypatch.setattr(paper, "write_curves", lambda results, out, tasks: curves.append((out, tasks)))
     argv = ["paper.py", "--table", "--tasks", "Hopper-v5", "--algos", "virel", "sb3_sac", "--then"]
     monkeypatch.setattr(sys, "argv", [*argv, "--budget", "10000", "--results", str(tmp_path)])
     paper.main()
@@ -395,6 +396,10 @@ def test_the_table_puts_a_tuned_row_under_its_task_with_a_verdict_against_sac(tm
     assert [r.split(" | ")[1] for r in rows[:3]] == ["virel", "sb3_sac", "virel+alpha=0.2"]
     # every resampled IQM of the tuned row (≥ 700) is above every one of SAC (≤ 600); the default's (≤ 320) below
     assert rows[2].endswith("| ahead |") and "800 ± 82" in rows[2] and rows[0].endswith("| behind |")
+    # a named study draws its own tasks' curves in a folder of its own, beside the first study's
+    monkeypatch.setattr(sys, "argv", ["paper.py", "--study", "humanoid", "--table", "--results", str(tmp_path)])
+    paper.main()
+    assert curves == [(tmp_path / "report", ["Hopper-v5"]), (tmp_path / "report" / "humanoid", ["Humanoid-v5"])]
 
 
 def test_a_tuned_study_runs_under_its_own_root_and_skips_what_is_finished(tmp_path, monkeypatch):
@@ -428,7 +433,8 @@ def test_tuned_curves_are_drawn_apart_from_the_defaults(pendulum_run, tmp_path):
     cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "alpha": 0.5}))
     budget = paper._last_step(pendulum_run / "eval.csv")
     assert paper._status_of(tmp_path / "Pendulum-v1__virel__0", budget) == "finished"
-    paper.write_curves(tmp_path, tmp_path / "report")
+    shutil.copytree(pendulum_run, tmp_path / "Hopper-v5__virel__0")  # another task's trial: not in these curves
+    paper.write_curves(tmp_path, tmp_path / "report", ["Pendulum-v1"])
     defaults, tuned = (tmp_path / "report" / "report.md").read_text(), (tmp_path / "report/tuned/report.md").read_text()
     assert "1 runs in 1 group(s), grouped by env, algo." in defaults and "virel+alpha" not in defaults
     assert "grouped by env, algo, alpha." in tuned and "| Pendulum-v1 · virel · 0.5 | 1 |" in tuned
