@@ -31,7 +31,7 @@ and shows in the table as diverged (with the step) or failed, never as a number;
 keeps its latest checkpoint only. ``--table`` prints the Markdown table (return at 25k, 50k and the budget, or at
 ``--marks``: mean ± sd and IQM with a 95 % bootstrap CI over seeds; env steps/s; ahead, on par or behind SAC), the
 training signals behind it (ε, TD-MSE, H(π) and mean Q from ``train.csv`` near the same steps) and writes the curves
-(``virel_ppl report``) beside the results.
+(``virel_ppl report``) to ``--results``/report/ (a named study's to ``report/<study>/``, with its tasks only).
 
 A named study (``--study``) is a set of these settings under a name: ``humanoid`` is ``--tasks Humanoid-v5 --budget
 500000 --eval-every 10000 --algos beta sb3_sac --then virel --root runs/paper-humanoid --marks 100000 250000 500000``
