@@ -434,10 +434,13 @@ def test_tuned_curves_are_drawn_apart_from_the_defaults(pendulum_run, tmp_path):
     budget = paper._last_step(pendulum_run / "eval.csv")
     assert paper._status_of(tmp_path / "Pendulum-v1__virel__0", budget) == "finished"
     shutil.copytree(pendulum_run, tmp_path / "Hopper-v5__virel__0")  # another task's trial: not in these curves
-    paper.write_curves(tmp_path, tmp_path / "report", ["Pendulum-v1"])
+    assert paper.write_curves(tmp_path, tmp_path / "report", ["Pendulum-v1"]) == tmp_path / "report" / "report.md"
     defaults, tuned = (tmp_path / "report" / "report.md").read_text(), (tmp_path / "report/tuned/report.md").read_text()
     assert "1 runs in 1 group(s), grouped by env, algo." in defaults and "virel+alpha" not in defaults
     assert "grouped by env, algo, alpha." in tuned and "| Pendulum-v1 · virel · 0.5 | 1 |" in tuned
+    # tuned rows alone (a study of them, in a --results of its own): their report is the one written
+    shutil.rmtree(tmp_path / "Pendulum-v1__virel__0")
+    assert paper.write_curves(tmp_path, tmp_path / "only", ["Pendulum-v1"]) == tmp_path / "only/tuned/report.md"
 
 
 # --- benchmarks/probe_policy.py -----------------------------------------------------------------------------------
