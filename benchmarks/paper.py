@@ -478,13 +478,13 @@ def signals(results: Path, tasks, algos, budget: int, window: int = 5_000, marks
     return "\n".join(lines)
 
 
-def write_curves(results: Path, out: Path, tasks=None) -> Path | None:
-    """Learning curves with HDI bands over seeds (``virel_ppl report``) of the finished trials on ``tasks`` (default:
-    all): the defaults in ``out``, the tuned rows apart in ``out/tuned`` (grouped by the fields they change as well).
+def write_curves(results: Path, out: Path, tasks) -> Path | None:
+    """Learning curves with HDI bands over seeds (``virel_ppl report``) of the finished trials on ``tasks``: the
+    defaults in ``out``, the tuned rows apart in ``out/tuned`` (grouped by the fields they change as well).
     Returns the defaults' report, else the tuned rows', else None."""
     from virel_ppl.analysis.report import write_report
 
-    found = [p for t in tasks for p in results.glob(f"{t}__*__*")] if tasks else results.glob("*__*__*")
+    found = [p for t in tasks for p in results.glob(f"{t}__*__*")]
     done = [p for p in sorted(found) if p.is_dir() and _status(p) == "finished"]
     tuned = [p for p in done if "+" in p.name.split("__")[1]]
     fields = sorted({f.split("=")[0] for p in tuned for f in p.name.split("__")[1].split("+")[1:]})
